@@ -1,0 +1,1 @@
+"""Dataset readers/packers and the synthetic dataset (installed as ``x2datasets``)."""

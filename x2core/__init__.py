@@ -1,0 +1,27 @@
+"""x2vlm core: X2-VLM / X-VLM models, plugin hooks, data store and training loop.
+
+Public API (timm-style)::
+
+    import x2core
+    model = x2core.create_model("x2vlm-base", text_encoder="xlm-roberta")
+    x2core.list_models()
+"""
+from __future__ import annotations
+
+from .errors import ConfigError, InputError, UnknownNameError, X2Error
+from .hookspecs import hookimpl
+from .plugin_manager import get_plugin_manager
+
+__version__ = "0.1.0"
+
+__all__ = ["ConfigError", "InputError", "UnknownNameError", "X2Error", "hookimpl",
+           "get_plugin_manager", "create_model", "list_models", "__version__"]
+
+
+def __getattr__(name):
+    # The model stack imports torch and transformers; keep `import x2core` light
+    # for the CLI's --help and for plugin modules that only need `hookimpl`.
+    if name in ("create_model", "list_models", "model_config_for"):
+        from . import factory
+        return getattr(factory, name)
+    raise AttributeError(f"module 'x2core' has no attribute {name!r}")

@@ -1,0 +1,56 @@
+"""The ``x2vlm`` command line.
+
+Each sub-command lives in ``x2core/commands/<name>.py`` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``; it is imported only when used,
+so ``x2vlm plugins`` never pays for what ``x2vlm pretrain`` needs.
+Errors of the framework (:class:`x2core.errors.X2Error`) print as one line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import X2Error
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plugins": ("x2core.commands.plugins", "list loaded plugins and what each registered"),
+    "models": ("x2core.commands.models", "list the named model configurations"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="x2vlm", description="X2-VLM: multi-grained vision-language pretraining and fine-tuning.")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full Python traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        # Parsers are built eagerly for --help, so add_arguments must stay import-light.
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except X2Error as exc:
+        if args.traceback:
+            raise
+        print(f"x2vlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"x2vlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
