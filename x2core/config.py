@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from typing import Any, Mapping, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -88,6 +89,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"config field '{path}' must be true or false, got {value!r}")
         return value
     if tp is str:
+        if isinstance(value, os.PathLike):  # paths are the common non-str value
+            return os.fspath(value)
         if not isinstance(value, str):
             raise ConfigError(f"config field '{path}' must be a string, got {value!r}")
         return value

@@ -1,0 +1,10 @@
+"""First-party plugin: the BEiT-v2 ViT image encoder of X2-VLM (``vision.name: beit2``)."""
+from __future__ import annotations
+
+from x2core.hookspecs import hookimpl
+from x2core.vision import build_beit2
+
+
+@hookimpl
+def x2vlm_register_vision_encoders(register):
+    register("beit2", build_beit2, description="BEiT-v2 ViT (X2-VLM)")
