@@ -1,8 +1,15 @@
-"""First-party plugin: the BEiT-v2 ViT image encoder of X2-VLM (``vision.name: beit2``)."""
+"""First-party plugin: the BEiT-v2 ViT image encoder of X2-VLM (``vision.name: beit2``).
+
+Registration only; ``x2core.vision`` (torch) loads when a model is built.
+"""
 from __future__ import annotations
 
 from x2core.hookspecs import hookimpl
-from x2core.vision import build_beit2
+
+
+def build_beit2(cfg):
+    from x2core.vision import build_beit2 as build
+    return build(cfg)
 
 
 @hookimpl

@@ -24,8 +24,8 @@ def test_builtins_register_through_the_hooks():
     assert {"bert", "xlm-roberta"} <= set(pm.registry("text_encoders").names())
     assert "beit2" in pm.registry("vision_encoders")
     info = {i.name: i for i in pm.plugins()}
-    assert info["text_bert"].registered == {"text_encoders": ["bert"]}
-    assert info["text_bert"].distribution.startswith("x2vlm")
+    assert info["x2plugins.text_bert"].registered == {"text_encoders": ["bert"]}
+    assert info["x2plugins.text_bert"].distribution.startswith("x2vlm")
 
 
 def test_unknown_name_lists_known_names_and_hint():
@@ -43,7 +43,7 @@ def test_duplicate_name_names_both_plugins():
                 name="impostor")
     with pytest.raises(DuplicateNameError) as err:
         pm.registry("text_encoders")
-    assert "'text_bert'" in str(err.value) and "'impostor'" in str(err.value)
+    assert "'x2plugins.text_bert'" in str(err.value) and "'impostor'" in str(err.value)
 
 
 def test_registration_records_source_and_metadata():

@@ -18,8 +18,8 @@ from x2core.interfaces import TextEncoder
 from x2core.model_config import TextConfig
 from x2core.plugin_manager import PluginManager
 from x2core.tokenizers import build_wordpiece_vocab, builtin_wordpiece_tokenizer, train_sentencepiece
-from x2plugins.text_bert import BertMLMHead, BertTextEncoder, build_bert_text_encoder
-from x2plugins.text_xlmr import XLMRobertaMLMHead, XLMRobertaTextEncoder, build_xlmr_text_encoder
+from x2plugins.bert_encoder import BertMLMHead, BertTextEncoder, build_bert_text_encoder
+from x2plugins.xlmr_encoder import XLMRobertaMLMHead, XLMRobertaTextEncoder, build_xlmr_text_encoder
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
             max_position_embeddings=40)

@@ -17,6 +17,8 @@ from .errors import X2Error
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": ("x2core.commands.plugins", "list loaded plugins and what each registered"),
     "models": ("x2core.commands.models", "list the named model configurations"),
+    "pack": ("x2core.commands.pack", "pack annotations of a public format into an LMDB store"),
+    "inspect": ("x2core.commands.inspect", "show (and with --verify, check) an LMDB store"),
 }
 
 

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "x2plugins.vision_beit2",
     "x2plugins.text_bert",
     "x2plugins.text_xlmr",
+    "x2datasets.builtin",
 )
 
 # kind -> registration hook name
@@ -135,7 +136,7 @@ class PluginManager:
         if builtins:
             own = _own_version()
             for mod in BUILTIN_PLUGINS:
-                self.register(importlib.import_module(mod), name=mod.rsplit(".", 1)[-1],
+                self.register(importlib.import_module(mod), name=mod,
                               distribution=("x2vlm (built-in)", own))
         if autoload is None:
             autoload = not os.environ.get(ENV_DISABLE_AUTOLOAD)

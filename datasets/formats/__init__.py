@@ -1,0 +1,1 @@
+"""The built-in dataset formats (registered by :mod:`x2datasets.builtin`)."""
