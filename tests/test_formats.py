@@ -32,7 +32,7 @@ def test_every_format_is_registered_through_the_hook():
     reg = pm.registry("datasets")
     assert set(FORMATS) <= set(reg.names())
     for name in FORMATS:
-        assert reg.get(name).plugin == "builtin" and reg.get(name).description
+        assert reg.get(name).plugin == "x2datasets.builtin" and reg.get(name).description
 
 
 def test_image_text_caption_shapes_and_image_sources(tmp_path):
