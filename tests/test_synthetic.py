@@ -52,7 +52,7 @@ def _objects(row):
     objs = []
     for e in row["elems"]:
         size, color, kind = e["caption"]["en"].split()
-        assert e["attributes"] == size
+        assert "attributes" not in e  # the size is in the caption itself
         objs.append((size, color, kind, e["bb"]))
     return objs
 
@@ -284,7 +284,7 @@ def test_files_parse_with_reference_keys_and_images_open(out, tmp_path):
     for r in _load(files["pretrain_regions"]) + _load(files["heldout_grounding"]):
         assert set(r) == {"image_rpath", "caption", "elems", "image_id"} and 1 <= len(r["elems"]) <= 3
         for e in r["elems"]:
-            assert set(e) == {"caption", "bb", "attributes"} and set(e["caption"]) == {"en", "de", "zh"}
+            assert set(e) == {"caption", "bb"} and set(e["caption"]) == {"en", "de", "zh"}
             assert len(e["bb"]) == 4 and all(isinstance(v, int) for v in e["bb"])
     with Image.open(os.path.join(root, "images/train_000000.png")) as im:
         assert im.size == (64, 64) and im.format == "PNG"

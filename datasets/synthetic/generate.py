@@ -60,8 +60,11 @@ def _dump_jsonl(path: str, rows) -> None:
 
 def _regions_row(scene: Scene, rpath: str, image_id: int, langs) -> dict:
     caps = {lang: scene_to_captions(scene, lang) for lang in langs}
+    # No "attributes": the reference prepends them to the caption, and the size word
+    # is already in every language's caption (an English "small" before a Chinese
+    # caption would only teach noise).
     elems = [{"caption": {lang: caps[lang]["regions"][i] for lang in langs},
-              "bb": list(shape.box), "attributes": shape.size}
+              "bb": list(shape.box)}
              for i, shape in enumerate(scene.shapes)]
     return {"image_rpath": rpath, "caption": {lang: caps[lang]["caption"] for lang in langs},
             "elems": elems, "image_id": image_id}
