@@ -15,7 +15,8 @@ from .plugin_manager import get_plugin_manager
 __version__ = "0.1.0"
 
 __all__ = ["ConfigError", "InputError", "UnknownNameError", "X2Error", "hookimpl",
-           "get_plugin_manager", "create_model", "list_models", "__version__"]
+           "get_plugin_manager", "create_model", "list_models", "save_pretrained", "from_pretrained",
+           "__version__"]
 
 
 def __getattr__(name):
@@ -24,4 +25,7 @@ def __getattr__(name):
     if name in ("create_model", "list_models", "model_config_for"):
         from . import factory
         return getattr(factory, name)
+    if name in ("save_pretrained", "from_pretrained"):
+        from x2adapters import model_dir  # config JSON + safetensors, no pickle
+        return getattr(model_dir, name)
     raise AttributeError(f"module 'x2core' has no attribute {name!r}")

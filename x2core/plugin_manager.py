@@ -37,6 +37,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "x2plugins.text_bert",
     "x2plugins.text_xlmr",
     "x2datasets.builtin",
+    "x2adapters.builtin_adapters",
 )
 
 # kind -> registration hook name

@@ -1,0 +1,300 @@
+"""Our own model directory: ``config.json`` + ``model.safetensors`` + ``tokenizer/``.
+
+Layout written by :func:`save_pretrained`::
+
+    DIR/config.json         {"format": "x2vlm-model", "format_version": 1, "model_config": {...}}
+    DIR/model.safetensors   every tensor of ``model.state_dict()``, tied tensors stored once
+    DIR/tokenizer/          the text tokenizer (``tokenizer.save_pretrained``)
+
+The directory is self-contained: ``model_config.text.pretrained`` and
+``vision.pretrained`` are cleared (the weights are in the safetensors file), the text
+sizes are the ones the built encoder really has, and ``text.tokenizer`` points at the
+``tokenizer/`` folder (stored relative, resolved on load). Nothing is pickled: tensors
+go through safetensors, the config through JSON.
+
+Tied tensors (the MLM decoder IS the word-embedding matrix): safetensors refuses two
+names for one storage, so one copy is written and the aliases are recorded in the
+file's metadata (``x2vlm.aliases``: ``{alias: stored_name}``); :func:`load_model_weights`
+hands back both names, and loading into a fresh model re-ties them because the model
+ties them itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from x2core.errors import CheckpointError, ConfigError
+
+FORMAT = "x2vlm-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+_ALIAS_KEY = "x2vlm.aliases"
+
+__all__ = ["save_pretrained", "from_pretrained", "load_model_weights", "read_model_config",
+           "check_state_fits", "FORMAT", "FORMAT_VERSION"]
+
+
+# --- saving ---------------------------------------------------------------------------
+
+def _self_contained_config(model) -> dict:
+    """The model's config as a dict, with the text sizes the built encoder really has."""
+    from x2core.config import to_dict
+
+    data = to_dict(model.config)
+    data["vision"]["pretrained"] = None
+    text = data["text"]
+    text["pretrained"] = None
+    enc = model.text_encoder
+    hf = getattr(getattr(enc, "model", None), "config", None)
+    if hf is not None:  # an HF-wrapping plugin: sizes come from the built model, not the config
+        text.update(
+            hidden_size=int(hf.hidden_size), num_layers=int(hf.num_hidden_layers),
+            num_heads=int(hf.num_attention_heads), intermediate_size=int(hf.intermediate_size),
+            max_position_embeddings=int(getattr(enc, "max_tokens", hf.max_position_embeddings)),
+            layer_norm_eps=float(hf.layer_norm_eps), vocab_size=int(hf.vocab_size),
+            dropout=float(getattr(hf, "hidden_dropout_prob", text["dropout"])))
+    text["tokenizer"] = TOKENIZER_DIR if getattr(enc, "tokenizer", None) is not None else text["tokenizer"]
+    return data
+
+
+def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Keep one name per shared storage view; return ``(tensors, {alias: kept_name})``."""
+    kept: dict[tuple, str] = {}
+    out: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    for name, t in state.items():
+        t = t.detach()
+        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                 tuple(t.stride()), t.dtype) if t.numel() else None
+        if ident is not None and ident in kept:
+            aliases[name] = kept[ident]
+            continue
+        if ident is not None:
+            kept[ident] = name
+        out[name] = t.cpu().contiguous()
+    # Different views of one storage (not identical) must not share memory either.
+    seen: dict[int, str] = {}
+    for name, t in list(out.items()):
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() and ptr in seen:
+            out[name] = t.clone()
+        elif t.numel():
+            seen[ptr] = name
+    return out, aliases
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_pretrained(model, directory: str | os.PathLike, *, save_tokenizer: bool = True,
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (an :class:`x2core.model.X2VLM`) to ``directory``.
+
+    Args:
+        save_tokenizer: also write the text tokenizer to ``directory/tokenizer``.
+        extra: JSON-serialisable facts stored under ``"extra"`` in config.json
+            (e.g. where a converted checkpoint came from).
+
+    Returns the directory. Files are written to temporary names and renamed.
+    """
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    names = [n for n, _ in model.named_parameters()]
+    if any(".lora_" in n or ".base_layer." in n for n in names):
+        raise CheckpointError("this model carries LoRA adapters; save them with "
+                              "x2adapters.lora.save_adapter, or merge them first with "
+                              "x2adapters.lora.merge_lora(model)")
+    tensors, aliases = _dedupe(model.state_dict())
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION,
+              "model_config": _self_contained_config(model)}
+    if extra:
+        config["extra"] = dict(extra)
+    if not save_tokenizer:
+        config["model_config"]["text"]["tokenizer"] = model.config.text.tokenizer
+    _atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(
+        tensors, tmp, metadata={"format": "pt", _ALIAS_KEY: json.dumps(aliases, sort_keys=True)}))
+    _atomic_write(d / CONFIG_FILE, lambda tmp: Path(tmp).write_text(
+        json.dumps(config, indent=2, sort_keys=False) + "\n"))
+    if save_tokenizer and getattr(model.text_encoder, "tokenizer", None) is not None:
+        model.text_encoder.tokenizer.save_pretrained(str(d / TOKENIZER_DIR))
+    return d
+
+
+# --- loading --------------------------------------------------------------------------
+
+def _weights_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / WEIGHTS_FILE
+    if not p.is_file():
+        raise CheckpointError(f"no model weights at '{p}' (expected a directory written by "
+                              f"save_pretrained, holding {WEIGHTS_FILE})")
+    return p
+
+
+def load_model_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a model directory (or its ``model.safetensors``), aliases restored.
+
+    Tied names (e.g. ``mlm_head.predictions.decoder.weight``) come back as the same
+    tensor object as the name they alias. Unreadable or truncated files raise
+    :class:`CheckpointError`.
+    """
+    from safetensors import SafetensorError
+    from safetensors import safe_open
+
+    p = _weights_path(path)
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read '{p}' (truncated or not a safetensors file): "
+                              f"{exc}") from None
+    try:
+        aliases = json.loads(meta.get(_ALIAS_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"'{p}': corrupt alias metadata: {exc}") from None
+    for alias, target in aliases.items():
+        if target not in state:
+            raise CheckpointError(f"'{p}': tied name '{alias}' points at '{target}', "
+                                  "which the file does not hold")
+        state[alias] = state[target]
+    return state
+
+
+def read_model_config(directory: str | os.PathLike) -> dict:
+    """The ``model_config`` dict of a model directory (``text.tokenizer`` made absolute)."""
+    d = Path(directory)
+    f = d / CONFIG_FILE
+    if not f.is_file():
+        raise CheckpointError(f"'{d}' is not an x2vlm model directory: no {CONFIG_FILE}")
+    try:
+        data = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"'{f}' is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        hint = (" (it looks like a Hugging Face directory: use it as 'text.pretrained', or "
+                "x2adapters.hf_init.model_from_hf_bert)" if isinstance(data, dict)
+                and "model_type" in data else "")
+        raise CheckpointError(f"'{f}' is not an x2vlm model config (format "
+                              f"{data.get('format') if isinstance(data, dict) else None!r}){hint}")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"'{f}' has format_version {version!r}; this x2vlm reads up to "
+                              f"{FORMAT_VERSION} (upgrade x2vlm)")
+    cfg = data.get("model_config")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"'{f}' has no 'model_config' mapping")
+    tok = cfg.get("text", {}).get("tokenizer")
+    if isinstance(tok, str) and not os.path.isabs(tok) and (d / tok).exists():
+        cfg["text"]["tokenizer"] = str(d / tok)
+    return cfg
+
+
+def _is_table(key: str) -> bool:
+    return key.endswith("relative_position_bias_table")
+
+
+def check_state_fits(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                     *, source: str, ignore_missing: Iterable[str] = ()) -> None:
+    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys.
+
+    Relative-position tables may differ in rows (another image size: interpolated on
+    load) but not in heads; ``relative_position_index`` buffers are derived, never checked.
+    """
+    ignore = set(ignore_missing)
+    missing = sorted(k for k in model_state if k not in state and k not in ignore
+                     and not k.endswith("relative_position_index"))
+    unexpected = sorted(k for k in state if k not in model_state)
+    shapes = []
+    for k, v in state.items():
+        own = model_state.get(k)
+        if own is None or k.endswith("relative_position_index"):
+            continue
+        if _is_table(k) and v.dim() == 2 and own.dim() == 2 and v.shape[1] == own.shape[1]:
+            from x2core.vision import grid_from_table_rows
+            grid_from_table_rows(v.shape[0])  # raises CheckpointError if not a table size
+            continue
+        if tuple(v.shape) != tuple(own.shape):
+            shapes.append(f"{k}: {source} {tuple(v.shape)} vs model {tuple(own.shape)}")
+    if missing or unexpected or shapes:
+        raise CheckpointError(format_key_problems(source, shapes=shapes, missing=missing,
+                                                  unexpected=unexpected))
+
+
+def format_key_problems(source: str, *, shapes=(), missing=(), unexpected=(), limit: int = 20,
+                        header: str | None = None) -> str:
+    """One readable message listing offending keys (first ``limit`` of each list)."""
+    def show(title, items):
+        items = list(items)
+        if not items:
+            return []
+        lines = [f"  {title} ({len(items)}):"] + [f"    {x}" for x in items[:limit]]
+        if len(items) > limit:
+            lines.append(f"    ... (+{len(items) - limit} more)")
+        return lines
+
+    lines = [header or f"{source} does not fit the model:"]
+    lines += show("shape mismatches", shapes)
+    lines += show("missing from " + source, missing)
+    lines += show("not in the model", unexpected)
+    return "\n".join(lines)
+
+
+def load_state_checked(model, state: Mapping[str, torch.Tensor], *, source: str,
+                       ignore_missing: Iterable[str] = ()) -> None:
+    """Check with :func:`check_state_fits`, then ``load_state_dict(strict=False)``."""
+    ignore = set(ignore_missing) | _tied_names(model)
+    check_state_fits(model.state_dict(), state, source=source, ignore_missing=ignore)
+    try:
+        model.load_state_dict(dict(state), strict=False)
+    except RuntimeError as exc:  # defensive: check_state_fits should have caught it
+        raise CheckpointError(f"{source} does not fit the model: {exc}") from None
+
+
+def _tied_names(model) -> set[str]:
+    """State-dict names that alias another name's tensor (may be absent from a file)."""
+    _, aliases = _dedupe(model.state_dict())
+    return set(aliases)
+
+
+def from_pretrained(directory: str | os.PathLike, **overrides):
+    """Build an :class:`x2core.model.X2VLM` from a directory written by :func:`save_pretrained`.
+
+    ``overrides`` are :func:`x2core.factory.model_config_for` keywords, e.g.
+    ``vision={"image_size": 384}`` (relative-position tables are interpolated) or
+    ``fusion={"dropout": 0.0}``. Config and weights that disagree raise
+    :class:`CheckpointError` listing the offending keys and shapes.
+    """
+    from x2core.factory import build_model, model_config_for
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise CheckpointError(f"model directory '{d}' does not exist")
+    data = read_model_config(d)
+    try:
+        cfg = model_config_for(data, **overrides)
+    except ConfigError as exc:
+        raise CheckpointError(f"'{d / CONFIG_FILE}': {exc}") from None
+    state = load_model_weights(d)
+    model = build_model(cfg)
+    load_state_checked(model, state, source=f"'{d / WEIGHTS_FILE}'")
+    return model
