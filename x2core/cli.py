@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("x2core.commands.models", "list the named model configurations"),
     "pack": ("x2core.commands.pack", "pack annotations of a public format into an LMDB store"),
     "inspect": ("x2core.commands.inspect", "show (and with --verify, check) an LMDB store"),
+    "pretrain": ("x2core.commands.pretrain", "pretrain on image / region / video streams (YAML config)"),
+    "demo": ("x2core.commands.demo", "the synthetic end-to-end demo: data, pretraining, held-out evaluation"),
+    "convert": ("x2core.commands.convert", "convert an official X²-VLM / X-VLM checkpoint into a model directory"),
+    "bench": ("x2core.commands.bench", "measure train-step samples/s, peak memory and MFU"),
 }
 
 
@@ -38,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `pretrain cfg.yaml --resume steps=20`: key=value overrides may follow options.
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "command", None):
         parser.print_help()
         return 0

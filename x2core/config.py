@@ -154,6 +154,11 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict:
             raise ConfigError(f"override '{item}' must look like key.path=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(value, str):  # YAML 1.1 reads "1e30" or "3e-4" as strings
+            try:
+                value = float(value) if any(c in value for c in ".eE") else value
+            except ValueError:
+                pass
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

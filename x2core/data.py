@@ -514,9 +514,14 @@ class MixedLoader:
             kwargs["persistent_workers"] = True
             if spec.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = spec.prefetch_factor
+        # A private generator: creating an iterator draws a base seed from it, and drawing
+        # from the global torch RNG instead would shift every later random choice of the
+        # training step (ITM negatives, dropout) after a resume restarts the iterators.
+        gen = torch.Generator().manual_seed(_derive_seed("loader", self.seed, name, epoch, self.rank)
+                                            % (2 ** 63))
         loader = DataLoader(spec.dataset, batch_sampler=self._sampler(name, epoch, batch),
                             collate_fn=spec.collate_fn, num_workers=spec.num_workers,
-                            pin_memory=self.pin_memory, **kwargs)
+                            pin_memory=self.pin_memory, generator=gen, **kwargs)
         it = iter(loader)
         self._iters[name] = it
         return it

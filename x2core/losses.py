@@ -83,6 +83,9 @@ def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
         no negative exists (a batch of one image).
     """
     sim = image_feat.float() @ text_feat.float().t() / temp.float()
+    # Non-finite features (a diverging step) must not crash the sampler: that step's loss
+    # is non-finite anyway and the loop's guard skips it; sample uniformly meanwhile.
+    sim = torch.nan_to_num(sim, nan=0.0, posinf=0.0, neginf=0.0)
     w_i2t = F.softmax(sim, 1) + 1e-5
     w_t2i = F.softmax(sim.t(), 1) + 1e-5
     n = sim.shape[0]

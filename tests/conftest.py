@@ -1,0 +1,24 @@
+"""Shared fixtures: a small synthetic dataset packed to LMDB once per test session."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_stores(tmp_path_factory):
+    """``{"images", "regions", "heldout_retrieval", "heldout_grounding", "raw"}`` paths."""
+    from x2core.packing import pack
+    from x2datasets.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    raw = root / "raw"
+    generate(str(raw), seed=0, num_train=96, num_heldout=16, image_size=64, langs=("en", "de"))
+    out = {"raw": str(raw)}
+    jobs = {"images": ("image-text", "pretrain_image_text.jsonl"),
+            "regions": ("regions", "pretrain_regions.jsonl"),
+            "heldout_retrieval": ("retrieval", "heldout_retrieval.json"),
+            "heldout_grounding": ("regions", "heldout_grounding.jsonl")}
+    for name, (fmt, ann) in jobs.items():
+        pack(fmt, [str(raw / ann)], str(raw), str(root / name), progress=False)
+        out[name] = str(root / name)
+    return out

@@ -1,0 +1,177 @@
+"""The training loop: exact resume after SIGKILL, DDP on gloo, bad configs, checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PLUGIN_DIR = HERE / "plugins_for_tests"
+
+
+def write_config(tmp_path: Path, stores: dict, name: str, **extra) -> Path:
+    cfg = {
+        "model": "x2vlm-tiny",
+        "model_overrides": {"text": {"dropout": 0.1}},
+        "data": {
+            "images": {"path": stores["images"], "kind": "image", "batch_size": 8, "max_tokens": 20},
+            "regions": {"path": stores["regions"], "kind": "region", "batch_size": 8, "max_images": 3,
+                        "max_tokens": 16, "iter_perc": 0.5},
+        },
+        "masking": {"max_masks": 4},
+        "optim": {"lr": 3e-4},
+        "steps": 8, "seed": 7, "log_every": 1, "ckpt_every": 3, "keep_last": 2,
+        "tensorboard": False, "progress": False, "output_dir": str(tmp_path / name),
+    }
+    for key, value in extra.items():
+        cfg[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGIN_DIR), env.get("PYTHONPATH", "")])
+    env["X2VLM_PLUGINS"] = "x2vlm_test_hooks"
+    env["OMP_NUM_THREADS"] = "1"  # the same arithmetic in every process, and no oversubscription
+    env.update(extra)
+    return env
+
+
+def run_cli(args, env, check=True, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "x2core", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"x2vlm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def losses_by_step(run_dir: Path) -> dict[int, dict]:
+    """Last record per step (a resumed run logs the steps after its checkpoint again)."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = {k: v for k, v in rec.items()
+                            if k.startswith("train/") and "samples_per_s" not in k}
+    return out
+
+
+def test_resume_after_sigkill_continues_exactly(tmp_path, synthetic_stores):
+    full = write_config(tmp_path, synthetic_stores, "full")
+    run_cli(["pretrain", str(full)], cli_env())
+    want = losses_by_step(tmp_path / "full")
+    assert sorted(want) == list(range(1, 9))
+
+    killed = write_config(tmp_path, synthetic_stores, "killed")
+    proc = run_cli(["pretrain", str(killed)], cli_env(X2VLM_TEST_KILL_AT="5"), check=False)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # really killed, no clean shutdown
+    ckpts = tmp_path / "killed" / "checkpoints"
+    assert (ckpts / "step_00000003.pt").exists() and not (ckpts / "step_00000006.pt").exists()
+    assert not list(ckpts.glob("*.tmp*"))  # atomic writes leave no partial file
+    run_cli(["pretrain", str(killed), "--resume"], cli_env())
+    got = losses_by_step(tmp_path / "killed")
+    assert sorted(got) == list(range(1, 9))
+    for step in range(1, 9):
+        assert got[step].keys() == want[step].keys()
+        for key, value in want[step].items():
+            assert got[step][key] == value, f"step {step} {key}: resumed {got[step][key]} vs {value}"
+
+
+def test_ddp_two_ranks_on_gloo(tmp_path, synthetic_stores):
+    """torchrun, 2 processes: identical parameters afterwards, and the step-1 losses equal
+    one process's on the same global batch (the two ranks' batches concatenated)."""
+    pytest.importorskip("torch.distributed.run")
+    no_dropout = {"text": {"dropout": 0.0}, "fusion": {"dropout": 0.0}, "vision": {"drop_path_rate": 0.0}}
+    cfg_path = write_config(tmp_path, synthetic_stores, "ddp", steps=3, ckpt_every=3,
+                            model_overrides=no_dropout)
+    env = cli_env(X2VLM_TEST_DUMP_PARAMS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "x2core", "pretrain", str(cfg_path)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = tmp_path / "ddp"
+    p0 = torch.load(run_dir / "params_rank0.pt")
+    p1 = torch.load(run_dir / "params_rank1.pt")
+    assert p0.keys() == p1.keys()
+    for k in p0:
+        assert torch.equal(p0[k], p1[k]), f"rank 0 and rank 1 differ in {k}"
+    # one checkpoint, written by rank 0 only, holding both ranks' RNG and data positions
+    payload = torch.load(run_dir / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert len(payload["rng"]) == 2 and len(payload["loader"]) == 2
+    logged = losses_by_step(run_dir)[1]
+
+    # The same global batch in one process.
+    from x2core.factory import build_model, model_config_for
+    from x2core.train.config import load_train_config
+    from x2core.train.distributed import DistInfo
+    from x2core.train.loop import seed_everything
+    from x2core.train.streams import build_streams
+
+    cfg = load_train_config(str(cfg_path))
+    seed_everything(cfg.seed)
+    model = build_model(model_config_for(cfg.model, **cfg.model_overrides))
+    firsts = [next(build_streams(cfg, model, DistInfo(rank=r, world_size=2))) for r in (0, 1)]
+    model.train()
+    for stream in ("images", "regions"):
+        a, b = firsts[0][stream], firsts[1][stream]
+        batch = {k: torch.cat([a[k], b[k]]) for k in a}
+        if "idx_to_group_img" in a:
+            batch["idx_to_group_img"] = torch.cat([a["idx_to_group_img"],
+                                                   b["idx_to_group_img"] + a["image"].shape[0]])
+        with torch.no_grad():
+            losses = model(batch)
+        # ITC is exact: features are gathered across ranks with gradients to the local slice.
+        assert losses["itc"].item() == pytest.approx(logged[f"train/{stream}/itc"], rel=1e-4)
+        # MLM / bbox are per-rank means then averaged: equal up to the ranks' token counts.
+        assert losses["mlm"].item() == pytest.approx(logged[f"train/{stream}/mlm"], rel=0.1)
+        if stream == "regions":
+            assert losses["bbox"].item() == pytest.approx(logged["train/regions/bbox"], rel=0.1)
+
+
+def test_bad_configs_are_one_line_errors(tmp_path, synthetic_stores):
+    cfg = write_config(tmp_path, synthetic_stores, "bad")
+    env = cli_env()
+    cases = [
+        (["optim.lrr=1"], "optim.lrr"),
+        (["data.images.path=/nope/store"], "data.images.path"),
+        (["model_overrides.text.name=no-such-encoder"], "no-such-encoder"),
+        (["steps=zero"], "steps"),
+    ]
+    for overrides, needle in cases:
+        proc = run_cli(["pretrain", str(cfg), *overrides], env, check=False)
+        assert proc.returncode == 2, proc.stderr
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and needle in lines[0], proc.stderr
+    unknown = run_cli(["pretrain", str(cfg), "model_overrides.text.name=no-such-encoder"], env, check=False)
+    assert "bert" in unknown.stderr and "xlm-roberta" in unknown.stderr  # lists the known names
+
+
+def test_checkpoint_of_another_architecture_refuses_to_load(tmp_path, synthetic_stores):
+    cfg = write_config(tmp_path, synthetic_stores, "arch", steps=3, ckpt_every=3)
+    env = cli_env()
+    run_cli(["pretrain", str(cfg)], env)
+    proc = run_cli(["pretrain", str(cfg), "--resume", "model_overrides.fusion.num_layers=1",
+                    "model_overrides.text.intermediate_size=96", "steps=6"], env, check=False)
+    assert proc.returncode == 2
+    assert "fusion_encoder.layer.1" in proc.stderr  # missing
+    assert "intermediate.dense.weight" in proc.stderr and "(96, 64)" in proc.stderr  # shape clash
+
+
+def test_nan_guard_skips_then_aborts(tmp_path, synthetic_stores):
+    from x2core.train.config import load_train_config
+    from x2core.train.loop import NonFiniteLossError, train
+
+    cfg = load_train_config(str(write_config(tmp_path, synthetic_stores, "nan")),
+                            ["optim.lr=1e30", "clip_grad=1e30", "max_nonfinite=2", "steps=50"])
+    with pytest.raises(NonFiniteLossError, match="NaN/inf"):
+        train(cfg)
+    rows = losses_by_step(tmp_path / "nan")
+    assert any(r.get("train/skipped") == 1.0 for r in rows.values())

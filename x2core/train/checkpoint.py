@@ -1,0 +1,122 @@
+"""Atomic training checkpoints: write to a temporary file, fsync, rename.
+
+A checkpoint directory holds ``step_00000100.pt`` files and ``latest``, a one-line
+pointer rewritten atomically after each save, so a crash at any moment leaves the
+previous checkpoint intact and ``latest`` naming a complete file. Files are loaded
+with ``torch.load(weights_only=True)``: every value saved here is a tensor or a
+plain Python container, never an arbitrary pickled object.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, payload: dict, keep_last: int = 3) -> Path:
+    """Write ``payload`` as ``step_{step}.pt``, point ``latest`` at it, prune old ones."""
+    ckpt_dir = Path(ckpt_dir)
+    path = ckpt_dir / f"step_{step:08d}.pt"
+    _atomic_write(path, lambda fh: torch.save(payload, fh))
+    _atomic_write(ckpt_dir / "latest", lambda fh: fh.write(path.name.encode() + b"\n"))
+    for old in list_checkpoints(ckpt_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.iterdir() if _NAME.match(p.name))
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    ckpt_dir = Path(ckpt_dir)
+    pointer = ckpt_dir / "latest"
+    if pointer.is_file():
+        path = ckpt_dir / pointer.read_text().strip()
+        if path.is_file():
+            return path
+    found = list_checkpoints(ckpt_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def check_state_compatible(model_state: dict, ckpt_state: dict, *, source: str = "checkpoint") -> None:
+    """Refuse a checkpoint of another architecture, listing what does not fit."""
+    missing = sorted(k for k in model_state if k not in ckpt_state)
+    unexpected = sorted(k for k in ckpt_state if k not in model_state)
+    shapes = sorted(f"{k}: model {tuple(model_state[k].shape)} vs {source} {tuple(ckpt_state[k].shape)}"
+                    for k in model_state if k in ckpt_state
+                    and tuple(model_state[k].shape) != tuple(ckpt_state[k].shape))
+    if missing or unexpected or shapes:
+        def show(items):
+            return ", ".join(items[:10]) + (f" (+{len(items) - 10} more)" if len(items) > 10 else "")
+        parts = []
+        if shapes:
+            parts.append(f"shape mismatches: {show(shapes)}")
+        if missing:
+            parts.append(f"missing from {source}: {show(missing)}")
+        if unexpected:
+            parts.append(f"not in the model: {show(unexpected)}")
+        raise CheckpointError(f"{source} does not match the model architecture; " + "; ".join(parts))
+
+
+# --- RNG state as plain tensors (weights_only-loadable) ----------------------------
+
+def rng_state() -> dict:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,78 @@
+"""Data streams of a training run: LMDB stores -> datasets -> one mixing loader.
+
+Each entry of ``cfg.data`` names one store made by ``x2vlm pack`` and its kind:
+
+* ``image``  -- image-text pairs (ITC + ITM + MLM);
+* ``region`` -- boxes with their own captions (adds the bbox losses);
+* ``video``  -- video-text, through a frame-sampler plugin.
+
+The stream's dataset is built from the model's own tokenizer and image size, so a
+config never repeats what the model already knows.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from ..errors import ConfigError
+from .config import StreamConfig, TrainConfig
+from .distributed import DistInfo
+
+
+def check_store(path: str, field: str) -> None:
+    """A one-line error naming the config field when a store path is not a store."""
+    if not path:
+        raise ConfigError(f"config field '{field}' is empty: give an LMDB store made by `x2vlm pack`")
+    if not os.path.isdir(path):
+        raise ConfigError(f"config field '{field}': no such directory '{path}' "
+                          f"(make one with `x2vlm pack FORMAT --ann ... --out {path}`)")
+    if not os.path.exists(os.path.join(path, "data.mdb")):
+        raise ConfigError(f"config field '{field}': '{path}' is not an LMDB store (no data.mdb)")
+
+
+def build_dataset(name: str, stream: StreamConfig, model: Any, cfg: TrainConfig, *, train: bool = True):
+    """The dataset and collate function of one stream."""
+    from ..data import ImageTextDataset, RegionTextDataset, collate_image_text, collate_regions
+    from ..store import LmdbReader
+    from ..text import TextProcessor
+
+    field = f"data.{name}.path"
+    check_store(stream.path, field)
+    reader = LmdbReader(stream.path)
+    text = TextProcessor.from_encoder(model.text_encoder, stream.max_tokens, cfg.masking,
+                                      seed=cfg.seed, max_words=stream.max_words)
+    vision = model.config.vision
+    if stream.kind == "image":
+        ds = ImageTextDataset(reader, text, image_res=vision.image_size, train=train, seed=cfg.seed,
+                              crop_scale=tuple(stream.crop_scale), langs=stream.langs)
+        return ds, collate_image_text, stream.batch_size
+    if stream.kind == "region":
+        ds = RegionTextDataset(reader, text, image_res=vision.image_size, patch_size=vision.patch_size,
+                               max_regions=stream.max_regions, min_perc_in_image=stream.min_perc_in_image,
+                               careful_hflip=stream.careful_hflip, train=train, seed=cfg.seed,
+                               langs=stream.langs)
+        images = stream.max_images or max(1, stream.batch_size // 2)
+        return ds, functools.partial(collate_regions, batch_size=stream.batch_size), images
+    if stream.kind == "video":
+        try:
+            from ..video_data import build_video_stream  # the video issue's module
+        except ImportError:
+            raise ConfigError(f"config field 'data.{name}.kind': video streams are not available in this "
+                              f"version of x2vlm") from None
+        return build_video_stream(name, stream, model, cfg, reader, text, train=train)
+    raise ConfigError(f"config field 'data.{name}.kind': unknown kind {stream.kind!r}")
+
+
+def build_streams(cfg: TrainConfig, model: Any, info: DistInfo):
+    """One :class:`~x2core.data.MixedLoader` over every configured stream, sharded by rank."""
+    from ..data import MixedLoader, StreamSpec
+
+    specs = {}
+    for name, stream in cfg.data.items():
+        ds, collate, per_step = build_dataset(name, stream, model, cfg)
+        if len(ds) < per_step * info.world_size:
+            raise ConfigError(f"config field 'data.{name}': the store has {len(ds)} records, fewer than one "
+                              f"step needs ({per_step} per rank x {info.world_size} ranks)")
+        specs[name] = StreamSpec(ds, per_step, collate, num_workers=stream.num_workers, ratio=stream.ratio)
+    return MixedLoader(specs, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
