@@ -152,3 +152,24 @@ def test_loads_reference_style_checkpoint(tmp_path):
         load_beit2_checkpoint(wrong, str(path))
     with pytest.raises(CheckpointError, match="does not exist"):
         build_beit2(tiny(pretrained=str(tmp_path / "missing.pth")))
+
+
+def test_optional_absolute_position_embedding_and_resize():
+    torch.manual_seed(0)
+    plain = VisionTransformer(tiny())
+    assert "pos_embed" not in plain.state_dict()  # X2-VLM's default: relative bias only
+    model = VisionTransformer(tiny(abs_pos_embed=True)).eval()
+    assert model.pos_embed.shape == (1, 17, 32)
+    x = images()
+    before = model(x)
+    sd = model.state_dict()
+    model.set_image_size(96)
+    assert model.pos_embed.shape == (1, 37, 32)
+    assert torch.isfinite(model(images(size=96))).all()
+    big = VisionTransformer(tiny(image_size=128, abs_pos_embed=True))
+    big.load_state_dict(sd)  # interpolated on load
+    assert big.pos_embed.shape == (1, 65, 32)
+    assert torch.equal(big.pos_embed[:, 0], sd["pos_embed"][:, 0])
+    same = VisionTransformer(tiny(abs_pos_embed=True)).eval()
+    same.load_state_dict(sd)
+    assert torch.equal(same(x), before)

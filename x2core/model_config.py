@@ -26,6 +26,10 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     attn_impl: AttnImpl = "sdpa"
     grad_checkpointing: bool = False
+    # BEiT's optional absolute position embedding (off in X2-VLM, which relies on the
+    # relative bias alone). Shallow models need it to know where a patch is; the demo's
+    # 2-block encoder cannot ground boxes without it.
+    abs_pos_embed: bool = False
     pretrained: Optional[str] = None  # local checkpoint path (BEiT-v2 state dict)
     options: dict[str, Any] = field(default_factory=dict)  # plugin-specific extras
 

@@ -120,6 +120,21 @@ def resize_rel_pos_bias_table(table: torch.Tensor, old_grid: int, new_grid: int)
 
 # --- building blocks -------------------------------------------------------------------
 
+def resize_pos_embed(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
+    """``(1, 1+g², D)`` absolute position embedding -> ``(1, 1+new_grid², D)`` (bicubic on the
+    patch grid; the CLS row is kept)."""
+    n = pos.shape[1] - 1
+    old = int(round(math.sqrt(n)))
+    if old * old != n:
+        raise CheckpointError(f"pos_embed with {n} patch rows is not a square grid")
+    if old == new_grid:
+        return pos
+    grid = pos[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, -1).to(pos.dtype)
+    return torch.cat([pos[:, :1], grid], dim=1)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample with probability ``p``."""
 
@@ -278,6 +293,8 @@ class VisionTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(config.patch_size, in_chans, config.width)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.width))
+        self.pos_embed = (nn.Parameter(torch.zeros(1, 1 + self.num_patches, config.width))
+                          if config.abs_pos_embed else None)
         rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist() if config.depth else []
         self.blocks = nn.ModuleList(
             Block(config.width, config.num_heads, config.mlp_ratio, self.grid_size, rate,
@@ -296,6 +313,8 @@ class VisionTransformer(nn.Module):
         # output projections of each residual branch are scaled down by sqrt(2 * layer)
         # so deep stacks start close to the identity.
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -327,9 +346,23 @@ class VisionTransformer(nn.Module):
         if image_size <= 0 or image_size % self.patch_size:
             raise ConfigError(f"image size {image_size} must be a positive multiple of the "
                               f"patch size {self.patch_size}")
+        old_grid = self.grid_size
         self._set_sizes(image_size)
         for blk in self.blocks:
             blk.attn.set_grid(self.grid_size)
+        if self.pos_embed is not None and old_grid != self.grid_size:
+            with torch.no_grad():
+                new = resize_pos_embed(self.pos_embed.detach(), self.grid_size)
+            self.pos_embed = nn.Parameter(new)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # An absolute position embedding saved at another image size is interpolated.
+        key = prefix + "pos_embed"
+        pos = state_dict.get(key)
+        if self.pos_embed is not None and isinstance(pos, torch.Tensor) \
+                and pos.shape[1] != self.pos_embed.shape[1]:
+            state_dict[key] = resize_pos_embed(pos, self.grid_size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check_input(self, images: torch.Tensor) -> None:
         if images.dim() != 4:
@@ -350,6 +383,8 @@ class VisionTransformer(nn.Module):
         self._check_input(images)
         x = self.patch_embed(images.to(self.patch_embed.proj.weight.dtype))  # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.to(x.dtype)
         use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
             # Non-reentrant checkpointing restores the RNG state on recompute, so
@@ -360,7 +395,7 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that conventionally get no weight decay."""
-        names = {"cls_token"}
+        names = {"cls_token", "pos_embed"}
         names.update(n for n, _ in self.named_parameters()
                      if n.endswith("relative_position_bias_table"))
         return names

@@ -221,7 +221,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
 
         metrics = distributed.mean_over_ranks(sums, info)
         metrics.update(lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
-                       temp=float(model.temp), skipped=float(not finite))
+                       temp=float(model.temp.detach()), skipped=float(not finite))
         if state.step % cfg.log_every == 0 or state.step == cfg.steps:
             elapsed = time.perf_counter() - window_start
             metrics["samples_per_s"] = window_samples / max(elapsed, 1e-9)
