@@ -452,3 +452,19 @@ def test_collated_batches_run_through_the_tiny_model(region_store, image_store):
         assert {"itc", "itm", "mlm"} <= set(out) and torch.isfinite(out["loss"])
         out = model(collate_regions([regions[i] for i in range(3)], batch_size=8))
         assert {"bbox", "giou"} <= set(out) and torch.isfinite(out["loss"])
+
+
+def test_region_without_crop_keeps_the_whole_image_and_scales_boxes(region_store, text):
+    ds = RegionTextDataset(region_store, text, image_res=RES, patch_size=PATCH, max_regions=5,
+                           crop=False, careful_hflip=True, use_whole_image_caption=False)
+    s = ds[(0, 10)]  # the "left" record: never flipped, one region = REGION_BOX of a 160x120 image
+    x, y, w, h = REGION_BOX
+    want = [(x + w / 2) / 160, (y + h / 2) / 120, w / 160, h / 120]
+    assert s["rows"][0]["target_bbox"] == pytest.approx(want, abs=1e-6)
+    centres = set()
+    for e in range(12):
+        rows = ds[(e, 0)]["rows"]
+        assert len(rows) == 5  # no crop: every box stays
+        box_row = [r["target_bbox"] for r in rows if r["target_bbox"][2:] == pytest.approx(want[2:])]
+        centres.add(round(box_row[0][0], 4))
+    assert centres == {round(want[0], 4), round(1 - want[0], 4)}  # mirrored on some epochs

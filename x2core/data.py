@@ -33,8 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 from .boxes import boxes_to_patch_masks
 from .errors import ConfigError, InputError, X2Error
 from .text import TextProcessor
-from .transforms import (box_to_target, clip_box, eval_image_transform, mentions_left_or_right,
-                         open_image, region_crop, to_tensor_normalized, train_image_transform)
+from .transforms import (box_to_target, clip_box, decode_image, eval_image_transform, hflip,
+                         mentions_left_or_right, open_image, region_crop, resize,
+                         to_tensor_normalized, train_image_transform)
 
 TEXT_KEYS = ("text_ids", "text_atts", "text_ids_masked", "masked_pos", "masked_ids")
 VISUAL_KEYS = ("image", "video")  # "video": (T, 3, R, R) per sample -> (B, T, 3, R, R)
@@ -216,7 +217,7 @@ class RegionTextDataset(Dataset):
     def __init__(self, store, text: TextProcessor, *, image_res: int, patch_size: int,
                  max_regions: int = 5, min_perc_in_image: float = 0.5, careful_hflip: bool = True,
                  train: bool = True, seed: int = 0, langs=None, use_whole_image_caption: bool = True,
-                 jpeg_draft: bool = True):
+                 jpeg_draft: bool = True, crop: bool = True):
         if image_res % patch_size:
             raise ConfigError(f"image_res {image_res} must be a multiple of patch_size {patch_size}")
         if max_regions < 1:
@@ -233,6 +234,7 @@ class RegionTextDataset(Dataset):
         self.langs = list(langs) if langs else None
         self.use_whole_image_caption = bool(use_whole_image_caption)
         self.jpeg_draft = bool(jpeg_draft)
+        self.crop = bool(crop)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -280,10 +282,15 @@ class RegionTextDataset(Dataset):
         chosen = usable[rng.randrange(len(usable))]
         allow_flip = self.train and not (self.careful_hflip and mentions_left_or_right(_all_texts(rec)))
         try:
-            image, kept, _ = region_crop(img, boxes, chosen, self.image_res, rng,
-                                         allow_hflip=allow_flip,
-                                         min_perc_in_image=self.min_perc_in_image,
-                                         draft=self.jpeg_draft)
+            if self.crop:
+                image, kept, _ = region_crop(img, boxes, chosen, self.image_res, rng,
+                                             allow_hflip=allow_flip,
+                                             min_perc_in_image=self.min_perc_in_image,
+                                             draft=self.jpeg_draft)
+            else:  # the whole image, every box kept (small data: train as you evaluate)
+                image, kept = resize(decode_image(data), boxes, self.image_res)
+                if allow_flip and rng.random() < 0.5:
+                    image, kept = hflip(image, kept)
         except InputError as exc:
             raise ctx.error("image", str(exc)) from exc
 

@@ -30,17 +30,21 @@ class DemoConfig:
     num_train: int = 3000             # training scenes
     num_heldout: int = 200            # held-out scenes (retrieval and grounding)
     image_size: int = 64
-    steps: int = 1200
+    steps: int = 800
     batch_size: int = 48              # image-text pairs per step
     region_batch_size: int = 48       # region text rows per step
-    lr: float = 5e-4
+    lr: float = 1e-3
     warmup: float = 0.05
     langs: list[str] = field(default_factory=lambda: ["en", "de", "zh"])
     eval_langs: list[str] = field(default_factory=lambda: ["en", "de", "zh"])
     threads: Optional[int] = None     # torch intra-op threads (default: torch's choice)
     num_workers: int = 0
     progress: bool = True
-    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # On top of x2vlm-tiny: 8-px patches (an 8x8 grid, so small shapes cover whole
+    # patches) and BEiT's absolute position embedding (a 2-block encoder cannot tell
+    # where a patch is from the relative bias alone, and grounding needs exactly that).
+    model_overrides: dict[str, Any] = field(default_factory=lambda: {
+        "vision": {"patch_size": 8, "abs_pos_embed": True}})
 
 
 def _say(msg: str) -> None:

@@ -25,6 +25,7 @@ class StreamConfig:
     max_regions: int = 5
     min_perc_in_image: float = 0.5
     careful_hflip: bool = True
+    region_crop: bool = True         # region streams: the reference's random crop around a box
     num_workers: int = 0
     crop_scale: tuple[float, float] = (0.2, 1.0)
     num_frames: int = 3              # video streams

@@ -51,7 +51,7 @@ def build_dataset(name: str, stream: StreamConfig, model: Any, cfg: TrainConfig,
         ds = RegionTextDataset(reader, text, image_res=vision.image_size, patch_size=vision.patch_size,
                                max_regions=stream.max_regions, min_perc_in_image=stream.min_perc_in_image,
                                careful_hflip=stream.careful_hflip, train=train, seed=cfg.seed,
-                               langs=stream.langs)
+                               langs=stream.langs, crop=stream.region_crop)
         images = stream.max_images or max(1, stream.batch_size // 2)
         return ds, functools.partial(collate_regions, batch_size=stream.batch_size), images
     if stream.kind == "video":
