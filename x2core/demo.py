@@ -96,7 +96,7 @@ def prepare_data(cfg: DemoConfig) -> dict[str, str]:
                 c = elem["caption"]
                 texts.extend(c.values() if isinstance(c, dict) else [c])
         build_wordpiece_vocab(texts, vocab)
-    paths["vocab"] = str(vocab)
+    paths["vocab"] = str(vocab.resolve())  # the checkpoint must load from any directory
     return paths
 
 
