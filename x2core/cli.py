@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("x2core.commands.inspect", "show (and with --verify, check) an LMDB store"),
     "pretrain": ("x2core.commands.pretrain", "pretrain on image / region / video streams (YAML config)"),
     "demo": ("x2core.commands.demo", "the synthetic end-to-end demo: data, pretraining, held-out evaluation"),
+    "finetune": ("x2core.commands.finetune", "fine-tune a domain head and evaluate it (YAML recipe)"),
+    "eval": ("x2core.commands.eval", "evaluate a fine-tuned head checkpoint on its eval stores"),
     "convert": ("x2core.commands.convert", "convert an official X²-VLM / X-VLM checkpoint into a model directory"),
     "bench": ("x2core.commands.bench", "measure train-step samples/s, peak memory and MFU"),
 }

@@ -1,0 +1,149 @@
+"""The runner and the CLI: a third-party head from outside the package fine-tunes and
+evaluates through `x2vlm finetune` / `x2vlm eval`; checkpoints round-trip."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from test_heads import HEAD_MODULES, stores  # noqa: F401  (session fixture)
+
+THIRD_PARTY = textwrap.dedent('''
+    """A third-party head: how many shapes are in the image (1-3), from the vision CLS."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from x2core import hookimpl
+    from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, image_res,
+                              load_image)
+
+
+    class ShapeCount(HeadBase):
+        name = "shape-count"
+        train_fields = eval_fields = ("image", "regions")
+
+        def __init__(self, model, options=None):
+            super().__init__(model, options)
+            self.mlp = nn.Linear(model.vision_encoder.width, 4)
+
+        def build_dataset(self, store, *, train):
+            res = image_res(self.model)
+            def item(rec, i, rng):
+                return {"image": load_image(rec["image"], res), "label": len(rec["regions"]),
+                        "index": i}
+            return HeadData(StoreDataset(store, item), collate)
+
+        def forward(self, batch):
+            e, _, _ = self.model.encode_image(batch["image"])
+            return {"loss": F.cross_entropy(self.mlp(e[:, 0]), batch["label"])}
+
+        def predict(self, batch):
+            e, _, _ = self.model.encode_image(batch["image"])
+            pred = self.mlp(e[:, 0]).argmax(1).tolist()
+            return [{"index": int(i), "pred": p, "label": int(l)}
+                    for i, p, l in zip(batch["index"], pred, batch["label"])]
+
+        def compute_metrics(self, preds):
+            return {"acc": 100.0 * sum(p["pred"] == p["label"] for p in preds) / len(preds)}
+
+
+    @hookimpl
+    def x2vlm_register_heads(register):
+        register("shape-count", ShapeCount, description="count shapes (third-party test head)")
+''')
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path):
+    """`x2vlm` with the finetune/eval commands and the heads loaded from X2VLM_PLUGINS."""
+    from x2core import cli as cli_mod
+    from x2core.plugin_manager import reset_plugin_manager
+
+    (tmp_path / "thirdparty_heads.py").write_text(THIRD_PARTY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("X2VLM_PLUGINS", ",".join(HEAD_MODULES + ["thirdparty_heads"]))
+    monkeypatch.setenv("X2VLM_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setitem(cli_mod.COMMANDS, "finetune",
+                        ("x2core.commands.finetune", "fine-tune a domain head and evaluate it"))
+    monkeypatch.setitem(cli_mod.COMMANDS, "eval",
+                        ("x2core.commands.eval", "evaluate a fine-tuned head checkpoint"))
+    reset_plugin_manager(None)
+    yield cli_mod.main
+    reset_plugin_manager(None)
+
+
+def test_third_party_head_finetunes_and_evaluates_through_cli(cli, stores, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli(["finetune", "head=shape-count", f"train={stores['regions_train']}",
+              f"eval={stores['regions_heldout']}", "epochs=3", "batch_size=32", "optim.lr=1e-3",
+              "progress=false", f"output_dir={out}"])
+    assert rc == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = json.loads((out / "predictions.json").read_text())
+    assert len(preds) == 60 and {"index", "pred", "label"} <= set(preds[0])
+    ckpt = sorted((out / "checkpoints").glob("step_*.pt"))[-1]
+    eval_out = tmp_path / "eval"
+    rc = cli(["eval", f"eval={stores['regions_heldout']}", f"output_dir={eval_out}",
+              "progress=false", "--checkpoint", str(ckpt)])
+    assert rc == 0, capsys.readouterr().err
+    again = json.loads((eval_out / "metrics.json").read_text())
+    assert again["val"]["acc"] == pytest.approx(metrics["val"]["acc"])
+
+
+def test_cli_reports_missing_field_with_head_name(cli, stores, tmp_path, capsys):
+    rc = cli(["finetune", "head=shape-count", f"train={stores['it_train']}", "epochs=1",
+              "progress=false", f"output_dir={tmp_path / 'x'}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "head 'shape-count' needs record field 'regions'" in err
+
+
+def test_unknown_head_lists_known(cli, stores, tmp_path, capsys):
+    rc = cli(["finetune", "head=nope", f"train={stores['it_train']}", "progress=false",
+              f"output_dir={tmp_path / 'x'}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown head 'nope'" in err and "shape-count" in err
+
+
+def test_eval_checkpoint_roundtrip_and_init_from(stores, tmp_path):
+    """vqa-cls: eval of the saved checkpoint reproduces the run's metrics; init_from a
+    fine-tune checkpoint of the same head starts from its weights (same metrics at 0 steps)."""
+    from x2core.finetune import evaluate, finetune, load_finetune_config
+    from x2core.plugin_manager import PluginManager
+
+    pm = PluginManager(extra_modules=HEAD_MODULES, autoload=False)
+    base = [f"head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
+            "batch_size=32", "progress=false", "optim.lr=1e-3"]
+    res = finetune(load_finetune_config(None, base + ["epochs=2", f"output_dir={tmp_path / 'a'}"]),
+                   plugin_manager=pm)
+    ev = evaluate(load_finetune_config(None, base + [f"output_dir={tmp_path / 'b'}"]),
+                  res["checkpoint"], plugin_manager=pm)
+    assert ev["val"]["vqa_acc"] == pytest.approx(res["val"]["vqa_acc"])
+    again = finetune(load_finetune_config(None, base + ["epochs=0", f"init_from={res['checkpoint']}",
+                                                        f"output_dir={tmp_path / 'c'}"]),
+                     plugin_manager=pm)
+    assert again["val"]["vqa_acc"] == pytest.approx(res["val"]["vqa_acc"])
+
+
+def test_config_is_strict():
+    from x2core.errors import ConfigError
+    from x2core.finetune import load_finetune_config
+    with pytest.raises(ConfigError, match="batch_sise"):
+        load_finetune_config(None, ["head=vqa", "batch_sise=3"])
+    with pytest.raises(ConfigError, match="'head' is required"):
+        load_finetune_config(None, [])
+
+
+def test_recipes_load():
+    """Every shipped recipe validates against the schema."""
+    from pathlib import Path
+
+    from x2core.finetune import load_finetune_config
+    recipes = sorted((Path(__file__).parents[1] / "configs" / "finetune").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        cfg = load_finetune_config(str(path))
+        assert cfg.head

@@ -1,0 +1,48 @@
+"""``x2vlm finetune CONFIG [key=value ...]``: fine-tune a domain head and evaluate it.
+
+Writes ``OUTPUT_DIR/metrics.json``, ``predictions.json`` (``predictions_{split}.json``
+with several eval splits), ``metrics.jsonl`` and ``checkpoints/step_*.pt``.
+"""
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("config", nargs="?", default=None,
+                        help="YAML fine-tune recipe (schema: x2core.finetune.FinetuneConfig), "
+                             "e.g. configs/finetune/coco_retrieval_base.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotlist overrides, e.g. train=/data/coco_train epochs=1 "
+                             "head_options.k_test=16")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged, validated config and exit")
+
+
+def split_config_arg(args):
+    overrides = list(args.overrides)
+    config = args.config
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        overrides.insert(0, config)
+        config = None
+    return config, overrides
+
+
+def run(args) -> int:
+    import json
+
+    from ..config import to_dict
+    from ..finetune import finetune, load_finetune_config
+
+    config, overrides = split_config_arg(args)
+    cfg = load_finetune_config(config, overrides)
+    if args.print_config:
+        print(json.dumps(to_dict(cfg), indent=2))
+        return 0
+    results = finetune(cfg)
+    for split, metrics in results.items():
+        if split in ("train", "checkpoint") or not isinstance(metrics, dict):
+            continue
+        shown = "  ".join(f"{k}={v:.2f}" for k, v in metrics.items())
+        print(f"{split}: {shown}")
+    if "checkpoint" in results:
+        print(f"checkpoint: {results['checkpoint']}")
+    return 0

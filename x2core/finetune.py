@@ -1,0 +1,397 @@
+"""Fine-tune and evaluate a domain head: one plain loop, read top to bottom.
+
+``finetune(cfg)``: build the core model, load ``init_from`` weights, build the head from
+its plugin, check the stores' fields, then epochs of AdamW steps (parameter groups and
+schedule of :mod:`x2core.train.optim`, grad clipping, bf16 autocast on CUDA), an
+evaluation after every epoch (or only at the end), ``metrics.json`` and
+``predictions.json`` per evaluated split, an atomic checkpoint.
+
+``evaluate(cfg, checkpoint)``: rebuild model + head from a fine-tune checkpoint and
+write the same files.
+
+Checkpoint payload (``torch.load(weights_only=True)``-safe): ``model`` (core state dict,
+the keys of a pretraining checkpoint), ``head`` (the head's own parameters), ``head_name``,
+``head_options``, ``model_config``, ``config``, ``step``, ``epoch``, ``metrics``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import apply_overrides, from_dict, load_yaml, merge, to_dict
+from .errors import CheckpointError, ConfigError, X2Error
+from .heads import EvalResult, HeadData, check_store_fields, move_to, options_dict
+from .train.config import OptimConfig, ScheduleConfig
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning recipe (YAML + ``key=value`` overrides)."""
+
+    head: str = ""                                  # a registered head (`x2vlm plugins`)
+    head_options: dict[str, Any] = field(default_factory=dict)  # checked by the head
+    model: str = "x2vlm-tiny"                       # a name from `x2vlm models`
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: Optional[str] = None                 # a pretraining or fine-tune checkpoint (.pt)
+    train: Optional[str] = None                     # LMDB store of the training split
+    eval: Union[str, dict[str, str], None] = None   # store, or {split name: store}
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    epochs: int = 1
+    steps: Optional[int] = None                     # set: stop after this many steps instead
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup=0.1))
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    device: str = "auto"                            # auto: cuda when available
+    num_workers: int = 0
+    seed: int = 42
+    output_dir: str = "runs/finetune"
+    eval_every_epoch: bool = True
+    log_every: int = 10
+    save_checkpoint: bool = True
+    progress: bool = True
+
+    def validate(self, path: str = "") -> None:
+        if not self.head:
+            raise ConfigError("config field 'head' is required (a registered head name, "
+                              "see `x2vlm plugins`)")
+        if self.epochs < 0:
+            raise ConfigError("config field 'epochs' must be >= 0 (0: evaluate the starting point)")
+        for name in ("batch_size", "eval_batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field '{name}' must be >= 1")
+        if self.steps is not None and self.steps < 0:
+            raise ConfigError("config field 'steps' must be >= 0")
+
+    def eval_stores(self) -> dict[str, str]:
+        if self.eval is None:
+            return {}
+        return {"val": self.eval} if isinstance(self.eval, str) else dict(self.eval)
+
+
+def load_finetune_config(path: str | None, overrides=(), base: dict | None = None) -> FinetuneConfig:
+    data = dict(base or {})
+    if path:
+        data = merge(data, load_yaml(path))
+    data = apply_overrides(data, list(overrides))
+    return from_dict(FinetuneConfig, data)
+
+
+@dataclass
+class FinetuneState:
+    """What lifecycle hooks receive: the live objects of the run (``model`` is the head,
+    whose ``.model`` is the core)."""
+
+    cfg: FinetuneConfig
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    step: int = 0
+    output_dir: Path = Path(".")
+
+
+# --- building ----------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_head(name: str, model: nn.Module, options: dict, *, plugin_manager=None):
+    from .plugin_manager import get_plugin_manager
+    pm = plugin_manager or get_plugin_manager()
+    head = pm.registry("heads").build(name, model, dict(options or {}))
+    if not isinstance(head, nn.Module) or getattr(head, "model", None) is not model:
+        raise X2Error(f"head plugin '{name}' must build an nn.Module keeping the core model "
+                      f"as .model (see x2core.heads)")
+    head.name = getattr(head, "name", name) or name
+    return head
+
+
+def split_state(head: nn.Module) -> tuple[dict, dict]:
+    """(core state dict, head-only state dict) of a head holding the core as ``.model``."""
+    core, own = {}, {}
+    for k, v in head.state_dict().items():
+        (core if k.startswith("model.") else own)[k[6:] if k.startswith("model.") else k] = \
+            v.detach().cpu()
+    return core, own
+
+
+def _load_core(model: nn.Module, state: dict, source: str) -> set[str]:
+    own = model.state_dict()
+    bad = [f"{k}: model {tuple(own[k].shape)} vs file {tuple(v.shape)}"
+           for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(bad[:10]))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return {k for k in own if k not in state}
+
+
+class _GroupView:
+    """``named_parameters`` with core names unprefixed and head parameters as ``head.*``,
+    so :func:`x2core.train.optim.param_groups` gives the core its vision/text/fusion
+    learning rates and the head's modules the ``heads`` group."""
+
+    def __init__(self, head: nn.Module):
+        self.head = head
+
+    def named_parameters(self):
+        for n, p in self.head.named_parameters():
+            yield (n[6:] if n.startswith("model.") else "head." + n), p
+
+
+def _autocast(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+
+def _open_store(path: str):
+    from .store import LmdbReader
+    return LmdbReader(path)
+
+
+# --- fine-tuning -----------------------------------------------------------------------------
+
+def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
+    """Fine-tune ``cfg.head`` and evaluate; returns ``{"train": last metrics, split: metrics}``."""
+    from .factory import build_model, model_config_for
+    from .plugin_manager import get_plugin_manager
+    from .train import checkpoint as ckpt
+    from .train.logging import MetricsLogger
+    from .train.optim import build_optimizer, build_scheduler
+
+    pm = plugin_manager or get_plugin_manager()
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+
+    # 1. the core model, its starting weights, then the head built on top of them
+    model = build_model(model_config_for(cfg.model, **cfg.model_overrides), plugin_manager=pm)
+    init_payload, new_core = None, set()
+    if cfg.init_from:
+        init_payload = ckpt.load_checkpoint(cfg.init_from)
+        new_core = _load_core(model, init_payload.get("model", init_payload), cfg.init_from)
+    same_head = init_payload is not None and init_payload.get("head_name") == cfg.head
+    # continuing a fine-tune of the same head: its saved options (e.g. the answer-list size)
+    # shape the modules; the config's options override them
+    options = {**init_payload.get("head_options", {}), **cfg.head_options} if same_head \
+        else cfg.head_options
+    head = build_head(cfg.head, model, options, plugin_manager=pm)
+    head_state_loaded: set[str] = set()
+    if same_head and "head" in init_payload:
+        head.load_state_dict({f"model.{k}": v for k, v in model.state_dict().items()}
+                             | dict(init_payload["head"]), strict=False)
+        head_state_loaded = set(init_payload["head"])
+    head.to(device)
+
+    # 2. data: check the fields the head needs, then the loader
+    train_store = _open_store(cfg.train) if cfg.train else None
+    eval_stores = {split: _open_store(p) for split, p in cfg.eval_stores().items()}
+    if train_store is not None:
+        check_store_fields(cfg.head, head.required_fields(True), train_store, split="train")
+    for split, store in eval_stores.items():
+        check_store_fields(cfg.head, head.required_fields(False), store, split=split)
+    steps_per_epoch, loader = 0, None
+    if train_store is not None:
+        data: HeadData = head.build_dataset(train_store, train=True)
+        g = torch.Generator().manual_seed(cfg.seed)
+        loader = torch.utils.data.DataLoader(data.dataset, batch_size=cfg.batch_size, shuffle=True,
+                                             drop_last=len(data.dataset) >= cfg.batch_size,
+                                             collate_fn=data.collate, num_workers=cfg.num_workers,
+                                             generator=g)
+        steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
+    total = cfg.steps if cfg.steps is not None else steps_per_epoch * cfg.epochs
+    epochs = cfg.epochs if cfg.steps is None else (math.ceil(total / steps_per_epoch) if total else 0)
+    if loader is None:
+        total = epochs = 0
+
+    # 3. optimizer (reference groups: no decay on 1-d params, lr_mult for new params)
+    new_params = set()
+    if cfg.init_from:
+        new_params = set(new_core) | {f"head.{n}" for n, _ in head.named_parameters()
+                                      if not n.startswith("model.") and n not in head_state_loaded}
+    optimizer = build_optimizer(_GroupView(head), cfg.optim, device, new_params)
+    scheduler = build_scheduler(optimizer, max(1, total), cfg.schedule)
+    autocast = _autocast(cfg.precision, device)
+    logger = MetricsLogger(str(out_dir), tensorboard=False)
+    state = FinetuneState(cfg, head, optimizer, scheduler, loader, output_dir=out_dir)
+
+    # 4. the loop
+    results: dict[str, Any] = {}
+    step, last = 0, {}
+    pbar = None
+    if cfg.progress and total:
+        from tqdm import tqdm
+        pbar = tqdm(total=total, desc=f"finetune {cfg.head}", dynamic_ncols=True)
+    for epoch in range(epochs):
+        head.train()
+        sums: dict[str, float] = {}
+        micro = 0
+        t0 = time.perf_counter()
+        for batch in loader:
+            with autocast:
+                losses = head(move_to(batch, device))
+            (losses["loss"] / cfg.grad_accum).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            micro += 1
+            if micro % cfg.grad_accum:
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.clip_grad)
+            if math.isfinite(sums["loss"]):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            if hasattr(model, "clamp_temperature_"):
+                model.clamp_temperature_()
+            step += 1
+            state.step = step
+            last = {**sums, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                    "epoch": float(epoch)}
+            sums = {}
+            if step % cfg.log_every == 0 or step == total:
+                last["steps_per_s"] = cfg.log_every / max(time.perf_counter() - t0, 1e-9)
+                t0 = time.perf_counter()
+                logger.log(step, last)
+            pm.hook.x2vlm_train_step_end(state=state, step=step, metrics=last)
+            if pbar is not None:
+                pbar.set_postfix(loss=f"{last['loss']:.3f}", refresh=False)
+                pbar.update(1)
+            if step >= total:
+                break
+        is_last = epoch == epochs - 1 or step >= total
+        if eval_stores and (cfg.eval_every_epoch or is_last):
+            results.update(_evaluate_all(state, eval_stores, out_dir, logger, pm, write=is_last))
+        if step >= total:
+            break
+    if pbar is not None:
+        pbar.close()
+    if not epochs and eval_stores:  # steps=0: evaluate the starting point
+        results.update(_evaluate_all(state, eval_stores, out_dir, logger, pm, write=True))
+    results["train"] = last
+
+    # 5. the checkpoint
+    if cfg.save_checkpoint:
+        core_state, head_state = split_state(head)
+        payload = {"model": core_state, "head": head_state, "head_name": cfg.head,
+                   "head_options": options_dict(getattr(head, "options", cfg.head_options)),
+                   "model_config": to_dict(model.config), "config": to_dict(cfg),
+                   "step": step, "epoch": epochs,
+                   "metrics": {s: m for s, m in results.items() if s != "train"}}
+        path = ckpt.save_checkpoint(out_dir / "checkpoints", step, _jsonable_tensors(payload), keep_last=1)
+        pm.hook.x2vlm_checkpoint_saved(state=state, step=step, path=str(path))
+        results["checkpoint"] = str(path)
+    logger.close()
+    return results
+
+
+def _jsonable_tensors(payload: dict) -> dict:
+    """weights_only loading accepts plain containers; make sure metric values are floats."""
+    return json.loads(json.dumps({k: v for k, v in payload.items() if k not in ("model", "head")})) \
+        | {"model": payload["model"], "head": payload["head"]}
+
+
+def _evaluate_all(state: "FinetuneState", stores: dict, out_dir: Path, logger, pm, *,
+                  write: bool) -> dict:
+    head, cfg, step = state.model, state.cfg, state.step
+    head.eval()
+    out = {}
+    for split, store in stores.items():
+        with torch.no_grad(), _autocast(cfg.precision, pick_device(cfg.device)):
+            res: EvalResult = head.evaluate(store, batch_size=cfg.eval_batch_size,
+                                            progress=cfg.progress)
+        metrics = {k: float(v) for k, v in res.metrics.items()}
+        out[split] = metrics
+        logger.log(step, metrics, prefix=f"eval/{split}")
+        pm.hook.x2vlm_evaluate_end(state=state, step=step, metrics={f"{split}/{k}": v
+                                                                   for k, v in metrics.items()})
+        if write:
+            write_results(out_dir, split, metrics, res.predictions, multi=len(stores) > 1)
+    head.train()
+    return out
+
+
+def write_results(out_dir: Path, split: str, metrics: dict, predictions: list, *, multi: bool) -> None:
+    """``metrics.json`` (all splits, merged) and ``predictions.json`` (or
+    ``predictions_{split}.json`` when several splits are evaluated)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mpath = out_dir / "metrics.json"
+    allm = json.loads(mpath.read_text()) if mpath.exists() else {}
+    allm[split] = metrics
+    _atomic_text(mpath, json.dumps(allm, indent=2))
+    name = f"predictions_{split}.json" if multi else "predictions.json"
+    _atomic_text(out_dir / name, json.dumps(predictions))
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# --- evaluation of a checkpoint ------------------------------------------------------------
+
+def evaluate(cfg: FinetuneConfig, checkpoint: str, *, plugin_manager=None) -> dict:
+    """Evaluate a fine-tune checkpoint on ``cfg.eval``; writes metrics/predictions JSON."""
+    from .factory import build_model
+    from .model_config import ModelConfig
+    from .plugin_manager import get_plugin_manager
+    from .train import checkpoint as ckpt
+    from .train.logging import MetricsLogger
+
+    pm = plugin_manager or get_plugin_manager()
+    if not cfg.eval_stores():
+        raise ConfigError("config field 'eval' is required for `x2vlm eval` (a store path or "
+                          "{split: path})")
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    payload = ckpt.load_checkpoint(checkpoint)
+    if "model_config" in payload:
+        model = build_model(from_dict(ModelConfig, payload["model_config"]), plugin_manager=pm)
+    else:
+        from .factory import model_config_for
+        model = build_model(model_config_for(cfg.model, **cfg.model_overrides), plugin_manager=pm)
+    head_name = payload.get("head_name", cfg.head)
+    if cfg.head and head_name != cfg.head:
+        raise CheckpointError(f"{checkpoint} holds head '{head_name}', the config asks for "
+                              f"'{cfg.head}'")
+    options = {**payload.get("head_options", {}), **cfg.head_options}
+    head = build_head(head_name, model, options, plugin_manager=pm)
+    state = {f"model.{k}": v for k, v in payload.get("model", payload).items()}
+    state.update(payload.get("head", {}))
+    from .train.checkpoint import check_state_compatible
+    check_state_compatible(head.state_dict(), state, source=str(checkpoint))
+    head.load_state_dict(state)
+    head.to(device)
+    stores = {split: _open_store(p) for split, p in cfg.eval_stores().items()}
+    for split, store in stores.items():
+        check_store_fields(head_name, head.required_fields(False), store, split=split)
+    out_dir = Path(cfg.output_dir)
+    logger = MetricsLogger(str(out_dir), tensorboard=False)
+    state = FinetuneState(cfg, head, None, None, None, step=int(payload.get("step", 0)),
+                          output_dir=out_dir)
+    results = _evaluate_all(state, stores, out_dir, logger, pm, write=True)
+    logger.close()
+    return results
