@@ -1,8 +1,9 @@
 """Zero-shot evaluation: retrieval R@K (ITC top-k, then ITM rerank) and grounding.
 
-Scores follow the reference (facts §5): all pairs are scored by ITC similarity;
-for each query the top ``k`` candidates are re-scored by the ITM head's match
-logit and every other candidate gets -100.
+Ranking follows the reference (facts §5): candidates are ranked by ITC similarity,
+computed in chunks so a 5k x 25k evaluation never holds the full matrix; each query's
+top ``k`` are then re-scored by the ITM head's match logit. The metrics themselves live
+in :mod:`x2core.metrics`.
 """
 from __future__ import annotations
 
@@ -11,33 +12,15 @@ from typing import Sequence
 import torch
 
 from .boxes import box_cxcywh_to_xyxy, box_iou
+from .metrics.boxes import iou_accuracy
+from .metrics.retrieval import recall_from_topk
 
 
-def recall_at_k(scores_i2t: torch.Tensor, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
-                ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Text retrieval (image -> text) and image retrieval (text -> image) recall, in %.
-
-    Args:
-        scores_i2t: ``(N_img, N_txt)`` scores, higher is better.
-        img2txt: for each image, the indices of its ground-truth texts.
-        txt2img: for each text, the index of its image.
-    """
-    n_img, n_txt = scores_i2t.shape
-    order_i2t = scores_i2t.argsort(dim=1, descending=True)
-    order_t2i = scores_i2t.t().argsort(dim=1, descending=True)
-    # rank of the best-ranked ground truth, per query
-    tr_rank = torch.empty(n_img)
-    for i in range(n_img):
-        hits = torch.isin(order_i2t[i], torch.as_tensor(list(img2txt[i]))).nonzero()
-        tr_rank[i] = hits.min() if len(hits) else n_txt
-    gt = torch.as_tensor(list(txt2img)).view(-1, 1)
-    ir_rank = (order_t2i == gt).float().argmax(dim=1).float()
-    out = {}
-    for k in ks:
-        out[f"tr_r{k}"] = 100.0 * float((tr_rank < k).float().mean())
-        out[f"ir_r{k}"] = 100.0 * float((ir_rank < k).float().mean())
-    out["r_mean"] = sum(out.values()) / len(out)
-    return out
+def _maybe_progress(it, enabled: bool, desc: str, total: int | None = None):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, total=total)
 
 
 def chance_recall(n_candidates: int, n_positives: float = 1.0, ks: Sequence[int] = (1, 5, 10)) -> dict:
@@ -53,66 +36,73 @@ def chance_recall(n_candidates: int, n_positives: float = 1.0, ks: Sequence[int]
 
 
 @torch.no_grad()
-def retrieval_scores(model, images: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor, *,
-                     k: int = 16, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N_img, N_txt)`` ITC similarities and the ITM-reranked scores.
+def chunked_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 1024
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` of ``queries @ keys.T`` per row without the full matrix: ``(N, k)``
+    values and indices; memory ``chunk x N_keys`` at a time."""
+    k = min(k, keys.shape[0])
+    vals, idx = [], []
+    for s in range(0, queries.shape[0], chunk):
+        v, i = (queries[s:s + chunk] @ keys.t()).topk(k, dim=1)
+        vals.append(v)
+        idx.append(i)
+    return torch.cat(vals), torch.cat(idx)
 
-    Images and texts are encoded once in batches; the ITM rerank runs the fusion
-    encoder only on each query's top-``k`` candidates.
+
+@torch.no_grad()
+def rerank_itm(model, img_embeds, txt_embeds, txt_atts, query_is_image: bool, cand: torch.Tensor,
+               batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    """ITM match logits for each query's candidates -> ``(N_query, k)``."""
+    n, k = cand.shape
+    q = torch.arange(n, device=cand.device).repeat_interleave(k)
+    c = cand.flatten()
+    img_rows, txt_rows = (q, c) if query_is_image else (c, q)
+    scores = torch.empty(n * k, device=img_embeds.device)
+    it = range(0, n * k, batch_size)
+    for s in _maybe_progress(it, progress, "itm rerank", total=len(it)):
+        ii, tt = img_rows[s:s + batch_size], txt_rows[s:s + batch_size]
+        ie = img_embeds[ii]
+        ia = torch.ones(ie.shape[:2], dtype=torch.long, device=ie.device)
+        scores[s:s + batch_size] = model.itm_logits(ie, ia, txt_embeds[tt], txt_atts[tt])[:, 1].float()
+    return scores.view(n, k)
+
+
+@torch.no_grad()
+def retrieval_rank(model, images_iter, texts_ids: torch.Tensor, texts_atts: torch.Tensor, *,
+                   k_test: int, chunk_size: int = 1024, batch_size: int = 64, itm_batch_size: int = 256,
+                   progress: bool = False) -> dict[str, torch.Tensor]:
+    """Encode, ITC top-k in chunks, ITM rerank. ``images_iter`` yields ``(B, 3, H, W)`` batches.
+
+    Returns ranked candidate lists: ``i2t``/``t2i`` (ITM-reranked, best first) and
+    ``i2t_itc``/``t2i_itc`` (ITC order, at least 10 deep), for
+    :func:`x2core.metrics.retrieval.recall_from_topk`.
     """
     model.eval()
+    device = next(model.parameters()).device
     img_embeds, img_feats = [], []
-    for s in range(0, len(images), batch_size):
-        e, _, _ = model.encode_image(images[s:s + batch_size])
+    for pix in images_iter:
+        e, _, _ = model.encode_image(pix.to(device))
         img_embeds.append(e)
-        img_feats.append(model.image_features(e))
+        img_feats.append(model.image_features(e).float())
     img_embeds, img_feats = torch.cat(img_embeds), torch.cat(img_feats)
     txt_embeds, txt_feats = [], []
-    for s in range(0, len(text_ids), batch_size):
-        e = model.encode_text(text_ids[s:s + batch_size], text_atts[s:s + batch_size])
+    for s in range(0, len(texts_ids), batch_size):
+        ids, atts = texts_ids[s:s + batch_size].to(device), texts_atts[s:s + batch_size].to(device)
+        e = model.encode_text(ids, atts)
         txt_embeds.append(e)
-        txt_feats.append(model.text_features(e))
+        txt_feats.append(model.text_features(e).float())
     txt_embeds, txt_feats = torch.cat(txt_embeds), torch.cat(txt_feats)
-    sims = img_feats @ txt_feats.t()
-    img_atts = torch.ones(img_embeds.shape[:2], dtype=torch.long, device=img_embeds.device)
-
-    def itm(img_rows, txt_rows):
-        scores = []
-        for s in range(0, len(img_rows), batch_size):
-            ii, tt = img_rows[s:s + batch_size], txt_rows[s:s + batch_size]
-            logits = model.itm_logits(img_embeds[ii], img_atts[ii], txt_embeds[tt], text_atts[tt])
-            scores.append(logits[:, 1].float())
-        return torch.cat(scores)
-
-    k_t = min(k, sims.shape[1])
-    k_i = min(k, sims.shape[0])
-    i2t = torch.full_like(sims, -100.0)
-    top_t = sims.topk(k_t, dim=1).indices                       # (N_img, k)
-    rows = torch.arange(sims.shape[0]).repeat_interleave(k_t)
-    i2t[rows, top_t.flatten()] = itm(rows, top_t.flatten())
-    t2i = torch.full_like(sims.t(), -100.0)
-    top_i = sims.t().topk(k_i, dim=1).indices                   # (N_txt, k)
-    cols = torch.arange(sims.shape[1]).repeat_interleave(k_i)
-    t2i[cols, top_i.flatten()] = itm(top_i.flatten(), cols)
-    return sims, (i2t, t2i)
-
-
-def recall_from_reranked(i2t: torch.Tensor, t2i: torch.Tensor, img2txt, txt2img,
-                         ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Recall when the two directions were reranked separately (``retrieval_scores``)."""
-    tr = recall_at_k(i2t, img2txt, txt2img, ks)
-    ir = recall_at_k(t2i.t(), img2txt, txt2img, ks)
-    out = {k: v for k, v in tr.items() if k.startswith("tr_")}
-    out.update({k: v for k, v in ir.items() if k.startswith("ir_")})
-    out["r_mean"] = sum(out.values()) / len(out)
+    txt_atts = texts_atts.to(device)
+    depth = max(k_test, 10)
+    _, i2t_itc = chunked_topk(img_feats, txt_feats, depth, chunk_size)
+    _, t2i_itc = chunked_topk(txt_feats, img_feats, depth, chunk_size)
+    out = {"i2t_itc": i2t_itc.cpu(), "t2i_itc": t2i_itc.cpu()}
+    for name, cand, is_img in (("i2t", i2t_itc[:, :k_test], True), ("t2i", t2i_itc[:, :k_test], False)):
+        scores = rerank_itm(model, img_embeds, txt_embeds, txt_atts, is_img, cand,
+                            itm_batch_size, progress)
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        out[name] = cand.gather(1, order).cpu()
     return out
-
-
-def grounding_accuracy(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor,
-                       threshold: float = 0.5) -> float:
-    """Acc@IoU>=threshold in %, boxes as normalised ``(cx, cy, w, h)`` rows."""
-    iou = box_iou(box_cxcywh_to_xyxy(pred_cxcywh.float()), box_cxcywh_to_xyxy(target_cxcywh.float()))
-    return 100.0 * float((iou >= threshold).float().mean())
 
 
 # --- whole-store evaluation (the demo, `x2vlm eval`) -----------------------------------------
@@ -158,12 +148,11 @@ def evaluate_retrieval_store(model, store, *, lang: str = "en", max_tokens: int 
     if not images:
         from .errors import InputError
         raise InputError(f"store {reader.path} has no record with '{lang}' texts")
-    device = next(model.parameters()).device
     ids, atts = _tokenize(text_proc, texts)
-    sims, (i2t, t2i) = retrieval_scores(model, torch.stack(images).to(device), ids.to(device),
-                                        atts.to(device), k=k, batch_size=batch_size)
-    out = recall_from_reranked(i2t.cpu(), t2i.cpu(), img2txt, txt2img)
-    itc = recall_at_k(sims.cpu(), img2txt, txt2img)
+    batches = (torch.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size))
+    ranked = retrieval_rank(model, batches, ids, atts, k_test=k, batch_size=batch_size)
+    out = recall_from_topk(ranked["i2t"], ranked["t2i"], img2txt, txt2img)
+    itc = recall_from_topk(ranked["i2t_itc"], ranked["t2i_itc"], img2txt, txt2img)
     out.update({f"itc_{key}": v for key, v in itc.items()})
     out.update({f"chance_{key}": v for key, v in chance_recall(len(images)).items()})
     out.update(num_images=float(len(images)), num_texts=float(len(texts)))
@@ -223,15 +212,8 @@ def grounding_summary(queries: list[dict], *, seed: int = 0) -> dict[str, float]
     pred = torch.tensor([q["pred"] for q in queries])
     target = torch.tensor([q["target"] for q in queries])
     g = torch.Generator().manual_seed(seed)
-    chance = sum(grounding_accuracy(target[torch.randperm(len(target), generator=g)], target)
+    chance = sum(iou_accuracy(target[torch.randperm(len(target), generator=g)], target)
                  for _ in range(20)) / 20
     iou = box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))
-    return {"acc_iou50": grounding_accuracy(pred, target), "chance_acc_iou50": chance,
+    return {"acc_iou50": iou_accuracy(pred, target), "chance_acc_iou50": chance,
             "mean_iou": float(iou.mean()), "num_queries": float(len(queries))}
-
-
-def _maybe_progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    from tqdm import tqdm
-    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)

@@ -169,7 +169,7 @@ class X2VLM(nn.Module):
             losses["itc"] = itc_loss(image_feat, text_feat, temp, batch.get("idx"))
         if weights.itm:
             group = batch.get("idx", idx_to_group_img)
-            losses["itm"] = self._itm_loss(image_embeds, image_atts, image_feat,
+            losses["itm"] = self.itm_loss(image_embeds, image_atts, image_feat,
                                            text_embeds, text_atts, text_feat, temp, group)
         if weights.mlm and "masked_ids" in batch:
             losses["mlm"] = self._mlm_loss(image_embeds, image_atts, batch)
@@ -180,8 +180,10 @@ class X2VLM(nn.Module):
         losses["loss"] = sum(getattr(weights, k) * v for k, v in losses.items())
         return losses
 
-    def _itm_loss(self, image_embeds, image_atts, image_feat, text_embeds, text_atts, text_feat,
-                  temp, group) -> torch.Tensor:
+    def itm_loss(self, image_embeds, image_atts, image_feat, text_embeds, text_atts, text_feat,
+                 temp, group=None) -> torch.Tensor:
+        """ITM cross-entropy on the positives plus one hard negative per text and per image
+        (sampled from ITC similarity; rows sharing ``group`` are never negatives)."""
         neg_img, neg_txt = sample_hard_negatives(image_feat, text_feat, temp, group)
         ti, ii = (neg_img >= 0).nonzero().flatten(), (neg_txt >= 0).nonzero().flatten()
         # rows: positives | (text, hard-negative image) | (image, hard-negative text)

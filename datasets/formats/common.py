@@ -355,3 +355,21 @@ def image_id_from_name(path: str) -> int | None:
     """The reference's captioning eval id: the last digits of the file name."""
     digits = re.findall(r"\d+", os.path.splitext(os.path.basename(path))[0])
     return int(digits[-1]) if digits else None
+
+
+class GroupedEntries:
+    """Mixin for a :class:`FormatReader` whose raw entries are merged by ``self._key(raw)``
+    (captions of one image or video become one record); groups are computed once."""
+
+    _grouped = None
+
+    def _groups(self):
+        if self._grouped is None:
+            self._grouped = self.grouped(self._key)
+        return self._grouped
+
+    def entries(self):
+        return iter(self._groups())
+
+    def total(self) -> int:
+        return len(self._groups())

@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .common import FormatReader, Group, image_id_from_name
+from .common import FormatReader, Group, GroupedEntries, image_id_from_name
 
 
-class _GroupedReader(FormatReader):
+class _GroupedReader(GroupedEntries, FormatReader):
     """Entries grouped by image path, in order of first appearance."""
 
     image_fields_in = ("image",)
@@ -33,17 +33,6 @@ class _GroupedReader(FormatReader):
             if isinstance(v, str) and v.strip():
                 return os.path.normpath(v.strip())
         return None
-
-    def _groups(self):
-        if getattr(self, "_grouped", None) is None:
-            self._grouped = self.grouped(self._key)
-        return self._grouped
-
-    def entries(self):
-        return iter(self._groups())
-
-    def total(self) -> int:
-        return len(self._groups())
 
     def _image_field(self, raw: dict) -> str:
         return next((k for k in self.image_fields_in if raw.get(k) is not None), self.image_fields_in[0])

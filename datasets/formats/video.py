@@ -19,7 +19,7 @@ from typing import Any
 
 from x2core.errors import InputError
 
-from .common import FormatReader, Group, load_json_file
+from .common import FormatReader, Group, GroupedEntries, load_json_file
 
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 _MP4_BRANDS = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
@@ -54,24 +54,13 @@ class _VideoMixin:
         return data
 
 
-class VideoTextReader(_VideoMixin, FormatReader):
+class VideoTextReader(GroupedEntries, _VideoMixin, FormatReader):
     name = "video-text"
     options = ()
 
     def _key(self, raw: dict):
         vid = self.video_id(raw)
         return None if vid is None or isinstance(vid, (dict, list)) else str(vid)
-
-    def _groups(self):
-        if getattr(self, "_grouped", None) is None:
-            self._grouped = self.grouped(self._key)
-        return self._grouped
-
-    def entries(self):
-        return iter(self._groups())
-
-    def total(self) -> int:
-        return len(self._groups())
 
     def convert(self, file: str, index: int, raw: Any) -> dict:
         if not isinstance(raw, Group):

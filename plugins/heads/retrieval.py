@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from x2core.errors import InputError
 from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
-                          load_image, maybe_progress, pick_texts, text_processor)
+                          load_image, pick_texts, text_processor)
+from x2core.evaluation import retrieval_rank
 from x2core.hookspecs import hookimpl
-from x2core.losses import itc_loss, sample_hard_negatives
+from x2core.losses import itc_loss
 from x2core.metrics.retrieval import recall_from_topk
 
 
@@ -34,92 +33,6 @@ class RetrievalOptions:
     chunk_size: int = 1024         # query rows per similarity chunk
     itm_batch_size: int = 256      # fusion pairs per ITM forward
     save_topk: int = 10            # candidates per query written to predictions.json
-
-
-def itm_loss_hard_negatives(model, image_embeds, image_atts, image_feat, text_embeds, text_atts,
-                            text_feat, temp, group=None) -> torch.Tensor:
-    """ITM cross-entropy on positives plus one hard negative per text and per image."""
-    neg_img, neg_txt = sample_hard_negatives(image_feat, text_feat, temp, group)
-    ti, ii = (neg_img >= 0).nonzero().flatten(), (neg_txt >= 0).nonzero().flatten()
-    pos = torch.arange(len(neg_img), device=ti.device)
-    img_rows = torch.cat([pos, neg_img[ti], ii])
-    txt_rows = torch.cat([pos, ti, neg_txt[ii]])
-    logits = model.itm_logits(image_embeds[img_rows], image_atts[img_rows],
-                              text_embeds[txt_rows], text_atts[txt_rows])
-    labels = torch.zeros(len(img_rows), dtype=torch.long, device=logits.device)
-    labels[:len(pos)] = 1
-    return F.cross_entropy(logits.float(), labels)
-
-
-@torch.no_grad()
-def chunked_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 1024
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` of ``queries @ keys.T`` per row without the full matrix: ``(N, k)``
-    values and indices; memory ``chunk x N_keys`` at a time."""
-    k = min(k, keys.shape[0])
-    vals, idx = [], []
-    for s in range(0, queries.shape[0], chunk):
-        sim = queries[s:s + chunk] @ keys.t()
-        v, i = sim.topk(k, dim=1)
-        vals.append(v)
-        idx.append(i)
-        del sim
-    return torch.cat(vals), torch.cat(idx)
-
-
-@torch.no_grad()
-def rerank_itm(model, img_embeds, txt_embeds, txt_atts, query_is_image: bool, cand: torch.Tensor,
-               batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """ITM match logits for each query's candidates -> ``(N_query, k)``; the candidate
-    lists are then re-sorted by these scores."""
-    n, k = cand.shape
-    q = torch.arange(n, device=cand.device).repeat_interleave(k)
-    c = cand.flatten()
-    img_rows, txt_rows = (q, c) if query_is_image else (c, q)
-    scores = torch.empty(n * k, device=img_embeds.device)
-    it = range(0, n * k, batch_size)
-    for s in maybe_progress(it, progress, "itm rerank", total=len(it)):
-        ii, tt = img_rows[s:s + batch_size], txt_rows[s:s + batch_size]
-        ie = img_embeds[ii]
-        ia = torch.ones(ie.shape[:2], dtype=torch.long, device=ie.device)
-        scores[s:s + batch_size] = model.itm_logits(ie, ia, txt_embeds[tt], txt_atts[tt])[:, 1].float()
-    return scores.view(n, k)
-
-
-@torch.no_grad()
-def retrieval_rank(model, images_iter, texts_ids: torch.Tensor, texts_atts: torch.Tensor, *,
-                   k_test: int, chunk_size: int = 1024, batch_size: int = 64, itm_batch_size: int = 256,
-                   progress: bool = False) -> dict[str, torch.Tensor]:
-    """Encode, ITC top-k in chunks, ITM rerank. ``images_iter`` yields ``(B, 3, H, W)`` batches.
-
-    Returns ranked candidate lists: ``i2t``/``t2i`` (ITM-reranked, best first) and
-    ``i2t_itc``/``t2i_itc`` (ITC order, at least 10 deep).
-    """
-    device = next(model.parameters()).device
-    img_embeds, img_feats = [], []
-    for pix in images_iter:
-        e, _, _ = model.encode_image(pix.to(device))
-        img_embeds.append(e)
-        img_feats.append(model.image_features(e).float())
-    img_embeds, img_feats = torch.cat(img_embeds), torch.cat(img_feats)
-    txt_embeds, txt_feats = [], []
-    for s in range(0, len(texts_ids), batch_size):
-        ids, atts = texts_ids[s:s + batch_size].to(device), texts_atts[s:s + batch_size].to(device)
-        e = model.encode_text(ids, atts)
-        txt_embeds.append(e)
-        txt_feats.append(model.text_features(e).float())
-    txt_embeds, txt_feats = torch.cat(txt_embeds), torch.cat(txt_feats)
-    txt_atts = texts_atts.to(device)
-    depth = max(k_test, 10)
-    _, i2t_itc = chunked_topk(img_feats, txt_feats, depth, chunk_size)
-    _, t2i_itc = chunked_topk(txt_feats, img_feats, depth, chunk_size)
-    out = {"i2t_itc": i2t_itc.cpu(), "t2i_itc": t2i_itc.cpu()}
-    for name, cand, is_img in (("i2t", i2t_itc[:, :k_test], True), ("t2i", t2i_itc[:, :k_test], False)):
-        scores = rerank_itm(model, img_embeds, txt_embeds, txt_atts, is_img, cand,
-                            itm_batch_size, progress)
-        order = scores.argsort(dim=1, descending=True, stable=True)
-        out[name] = cand.gather(1, order).cpu()
-    return out
 
 
 class RetrievalHead(HeadBase):
@@ -154,8 +67,8 @@ class RetrievalHead(HeadBase):
         image_feat, text_feat = m.image_features(image_embeds), m.text_features(text_embeds)
         temp = m.temperature()
         itc = itc_loss(image_feat, text_feat, temp, batch.get("idx"))
-        itm = itm_loss_hard_negatives(m, image_embeds, image_atts, image_feat, text_embeds,
-                                      batch["text_atts"], text_feat, temp, batch.get("idx"))
+        itm = m.itm_loss(image_embeds, image_atts, image_feat, text_embeds,
+                         batch["text_atts"], text_feat, temp, batch.get("idx"))
         return {"loss": o.itc_weight * itc + o.itm_weight * itm, "itc": itc.detach(), "itm": itm.detach()}
 
     @torch.no_grad()

@@ -190,7 +190,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
     window_samples, window_start = 0, time.perf_counter()
     model.train()
     while state.step < cfg.steps:
-        sums: dict[str, float] = {}
+        parts: dict[str, torch.Tensor] = {}
         for micro in range(cfg.grad_accum):
             batches = _move(next(loader), info.device)
             window_samples += sum(_rows(b) for b in batches.values() if b is not None) * info.world_size
@@ -198,8 +198,10 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
             with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast:
                 losses = wrapped(batches)
             (losses["loss"] / cfg.grad_accum).backward()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            for k, v in losses.items():  # stays on the device: no sync per micro-step
+                parts[k] = parts.get(k, 0.0) + v.detach().double() / cfg.grad_accum
+        # One device->host copy per step for every logged loss.
+        sums = dict(zip(parts, torch.stack(list(parts.values())).tolist()))
 
         finite = distributed.all_ranks_agree(math.isfinite(sums["loss"]), info)
         if finite:
