@@ -30,6 +30,10 @@ class VisionConfig:
     # relative bias alone). Shallow models need it to know where a patch is; the demo's
     # 2-block encoder cannot ground boxes without it.
     abs_pos_embed: bool = False
+    # Its initialisation: BEiT's trunc-normal(0.02), or fixed-frequency 2-D sine-cosine
+    # values (MAE) that tell every patch its place from the first step; the latter
+    # shortens the long plateau before a small model starts to ground boxes.
+    abs_pos_init: Literal["trunc_normal", "sincos"] = "trunc_normal"
     pretrained: Optional[str] = None  # local checkpoint path (BEiT-v2 state dict)
     options: dict[str, Any] = field(default_factory=dict)  # plugin-specific extras
 

@@ -118,6 +118,22 @@ def resize_rel_pos_bias_table(table: torch.Tensor, old_grid: int, new_grid: int)
     return torch.cat([main, extra], dim=0)
 
 
+def sincos_pos_embed(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine position values ``(1, 1 + grid², dim)`` (MAE's; CLS row zero):
+    a quarter of the channels each for sin/cos of x and of y at geometric frequencies."""
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32),
+                            torch.arange(grid, dtype=torch.float32), indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / max(1, quarter))
+    parts = []
+    for coord in (xs.flatten(), ys.flatten()):
+        angle = coord[:, None] * omega[None]
+        parts += [angle.sin(), angle.cos()]
+    pe = torch.cat(parts, dim=1)
+    pe = F.pad(pe, (0, dim - pe.shape[1]))  # dim not a multiple of 4: zero tail
+    return torch.cat([torch.zeros(1, dim), pe], dim=0).unsqueeze(0)
+
+
 # --- building blocks -------------------------------------------------------------------
 
 def resize_pos_embed(pos: torch.Tensor, new_grid: int) -> torch.Tensor:
@@ -314,7 +330,11 @@ class VisionTransformer(nn.Module):
         # so deep stacks start close to the identity.
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            if self.config.abs_pos_init == "sincos":
+                with torch.no_grad():
+                    self.pos_embed.copy_(sincos_pos_embed(self.grid_size, self.pos_embed.shape[-1]))
+            else:
+                nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
