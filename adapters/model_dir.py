@@ -209,32 +209,20 @@ def read_model_config(directory: str | os.PathLike) -> dict:
     return cfg
 
 
-def _is_table(key: str) -> bool:
-    return key.endswith("relative_position_bias_table")
-
-
 def check_state_fits(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                      *, source: str, ignore_missing: Iterable[str] = ()) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys.
 
     Relative-position tables may differ in rows (another image size: interpolated on
-    load) but not in heads; ``relative_position_index`` buffers are derived, never checked.
+    load) and frame tables in frames (see :mod:`x2core.state_shapes`);
+    ``relative_position_index`` buffers are derived, never checked.
     """
     ignore = set(ignore_missing)
     missing = sorted(k for k in model_state if k not in state and k not in ignore
                      and not k.endswith("relative_position_index"))
     unexpected = sorted(k for k in state if k not in model_state)
-    shapes = []
-    for k, v in state.items():
-        own = model_state.get(k)
-        if own is None or k.endswith("relative_position_index"):
-            continue
-        if _is_table(k) and v.dim() == 2 and own.dim() == 2 and v.shape[1] == own.shape[1]:
-            from x2core.vision import grid_from_table_rows
-            grid_from_table_rows(v.shape[0])  # raises CheckpointError if not a table size
-            continue
-        if tuple(v.shape) != tuple(own.shape):
-            shapes.append(f"{k}: {source} {tuple(v.shape)} vs model {tuple(own.shape)}")
+    from x2core.state_shapes import shape_mismatches
+    shapes = shape_mismatches(model_state, state, source)
     if missing or unexpected or shapes:
         raise CheckpointError(format_key_problems(source, shapes=shapes, missing=missing,
                                                   unexpected=unexpected))

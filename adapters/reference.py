@@ -59,6 +59,7 @@ _CONTAINERS = ("model", "module", "state_dict", "model_state")
 _HEADS = ("vision_proj.", "text_proj.", "itm_head.", "bbox_head.")
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.*)$")
 _FRAME_KEY = "absolute_frame_pos_embed"
+_OUR_FRAME_KEY = "video_pooling.frame_pos_embed"
 
 # Documented key patterns of an X²-VLM pretraining checkpoint (facts §7); used by the
 # round-trip test to check coverage. ``{i}``: a vision block, ``{t}``: a text layer,
@@ -91,6 +92,8 @@ REFERENCE_KEY_PATTERNS: tuple[str, ...] = (
         "transform.LayerNorm.bias", "decoder.weight", "decoder.bias")),
     "vision_proj.weight", "vision_proj.bias", "text_proj.weight", "text_proj.bias", "temp",
     *(f"{h}.{i}.{p}" for h in ("itm_head", "bbox_head") for i in (0, 1, 3) for p in ("weight", "bias")),
+    # video models (add_frame_pos): (1, frame_len, 1, vision_width)
+    _FRAME_KEY,
 )
 
 
@@ -288,8 +291,7 @@ def map_reference_state_dict(sd: Mapping[str, torch.Tensor], layout: _Layout,
         if k.startswith(_HEADS) or k == "temp":
             put(k, k, v)
         elif k == _FRAME_KEY:
-            report.unmapped[k] = ("video frame position embedding: X2VLM has no frame embedding "
-                                  "yet (needs the video issue)")
+            put(k, _OUR_FRAME_KEY, v)
         elif layout.fusion_prefix and k.startswith(layout.fusion_prefix):
             rest = k[len(layout.fusion_prefix):]
             m = _LAYER.match(rest)
@@ -408,6 +410,10 @@ def infer_model_config(sd: Mapping[str, torch.Tensor], layout: _Layout) -> dict[
         fusion["intermediate_size"] = int(sd[f"{fprefix}{first}.intermediate.dense.weight"].shape[0])
         fusion["hidden_size"] = None if int(q.shape[0]) == hidden else int(q.shape[0])
     out: dict[str, Any] = dict(vision=vision, text=text, fusion=fusion)
+    frames = sd.get(_FRAME_KEY)
+    # a video checkpoint gives its frame count; an image-only one has no frame table
+    out["video"] = ({"frame_pos_embed": True, "max_frames": int(frames.shape[1])} if frames is not None
+                    else {"frame_pos_embed": False})
     if "vision_proj.weight" in sd:
         out["embed_dim"] = int(sd["vision_proj.weight"].shape[0])
     return out
@@ -460,6 +466,8 @@ def _resolve_config(inferred: dict, base: Mapping | None, *, image_size: int | N
                                      "name": inferred["text"]["name"]}})
         if inferred["vision"].get("init_values") == 0.0:
             data = merge(data, {"vision": {"init_values": 0.0}})
+        # the frame table follows the checkpoint; its frame count may differ (resized on load)
+        data = merge(data, {"video": {"frame_pos_embed": inferred["video"]["frame_pos_embed"]}})
     ckpt_size = inferred["vision"]["image_size"]
     if image_size is not None:
         data = merge(data, {"vision": {"image_size": int(image_size)}})
@@ -531,7 +539,7 @@ def convert_reference_checkpoint(checkpoint: str | os.PathLike | Mapping, *, sou
     """
     from x2core.config import to_dict
     from x2core.factory import build_model, model_config_for
-    from x2core.vision import grid_from_table_rows
+    from x2core.state_shapes import resizable_on_load
 
     from .model_dir import format_key_problems
 
@@ -565,11 +573,7 @@ def convert_reference_checkpoint(checkpoint: str | os.PathLike | Mapping, *, sou
         o = own.get(k)
         if o is None:
             continue
-        if k.endswith("relative_position_bias_table") and v.dim() == 2 and o.dim() == 2 \
-                and v.shape[1] == o.shape[1]:
-            grid_from_table_rows(v.shape[0])
-            continue
-        if tuple(o.shape) != tuple(v.shape):
+        if tuple(o.shape) != tuple(v.shape) and not resizable_on_load(k, v.shape, o.shape):
             ref = next(r for r, ours in report.mapped.items() if ours == k)
             shapes.append(f"{ref} -> {k}: checkpoint {tuple(v.shape)} vs model {tuple(o.shape)}")
     if shapes:
@@ -622,6 +626,8 @@ def to_reference_state_dict(model) -> dict[str, torch.Tensor]:
         v = v.detach().clone()
         if k.startswith("vision_encoder.") or k.startswith(_HEADS) or k == "temp":
             out[k] = v
+        elif k == _OUR_FRAME_KEY:
+            out[_FRAME_KEY] = v
         elif k.startswith("text_encoder.model."):
             out[tp + k[len("text_encoder.model."):]] = v
         elif k.startswith("fusion_encoder.layer."):
@@ -659,5 +665,6 @@ def reference_config(model) -> dict:
             "use_beit_v2": True, "embed_dim": c.embed_dim, "temp": c.temp,
             "text_num_hidden_layers": len(model.text_encoder.model.encoder.layer) + c.fusion.num_layers,
             "text_fusion_start_at": len(model.text_encoder.model.encoder.layer),
+            "add_frame_pos": c.video.frame_pos_embed, "frame_len": c.video.max_frames,
             "vision_config": {"vision_width": c.vision.width, "depth": c.vision.depth,
                               "num_heads": c.vision.num_heads}}

@@ -77,12 +77,13 @@ def test_exported_keys_cover_the_documented_list_with_its_shapes(model):
     assert sd["vision_encoder.blocks.0.attn.relative_position_bias_table"].shape == (732, heads)
     assert sd["vision_encoder.blocks.0.attn.relative_position_index"].shape == (197, 197)
     assert sd["vision_encoder.blocks.0.attn.qkv.weight"].shape == (3 * D, D)
-    assert not any(k.endswith("qkv.bias") or "pos_embed" in k for k in sd)
+    assert not any(k.endswith("qkv.bias") or "pos_embed" in k for k in sd if k != "absolute_frame_pos_embed")
     assert sd["vision_encoder.cls_token"].shape == (1, 1, D)
     assert sd["vision_encoder.patch_embed.proj.weight"].shape == (D, 3, 16, 16)
     assert sd["vision_proj.weight"].shape == (c.embed_dim, D)
     assert sd["text_proj.weight"].shape == (c.embed_dim, d)
     assert sd["temp"].shape == ()
+    assert sd["absolute_frame_pos_embed"].shape == (1, c.video.max_frames, 1, D)
     assert sd["itm_head.0.weight"].shape == (2 * d, d) and sd["itm_head.3.weight"].shape == (2, 2 * d)
     assert sd["bbox_head.3.weight"].shape == (4, 2 * d)
     for f in range(T, T + Fl):  # cross-attention keys/values read the vision width
@@ -160,13 +161,22 @@ def test_finetuned_layout_without_bert_prefix(model):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_video_frame_embedding_is_reported(model):
+def test_video_frame_embedding_is_mapped_and_resized(model):
     sd = to_reference_state_dict(model)
-    sd["absolute_frame_pos_embed"] = torch.zeros(1, 3, 1, 64)
-    with pytest.raises(CheckpointError, match="absolute_frame_pos_embed.*video"):
-        convert_reference_checkpoint(sd, model="x2vlm-tiny")
-    _, report = convert_reference_checkpoint(sd, model="x2vlm-tiny", allow_partial=True)
-    assert "video" in report.unmapped["absolute_frame_pos_embed"]
+    table = torch.randn(1, 3, 1, 64)  # a checkpoint pretrained on 3 frames (facts §1.3)
+    sd["absolute_frame_pos_embed"] = table
+    net, report = convert_reference_checkpoint(sd)  # sizes inferred: 3 frames
+    assert report.mapped["absolute_frame_pos_embed"] == "video_pooling.frame_pos_embed"
+    assert net.config.video.max_frames == 3
+    assert torch.equal(net.video_pooling.frame_pos_embed, table)
+    # building for 8 frames copies the first min(3, 8) rows (the reference's fine-tune rule)
+    net8, _ = convert_reference_checkpoint(sd, model="x2vlm-tiny")
+    assert net8.config.video.max_frames == 8
+    assert torch.equal(net8.video_pooling.frame_pos_embed[:, :3], table)
+    # an image-only checkpoint converts to a model without a frame table, complete
+    del sd["absolute_frame_pos_embed"]
+    net0, report0 = convert_reference_checkpoint(sd, model="x2vlm-tiny")
+    assert net0.video_pooling.frame_pos_embed is None and report0.complete
 
 
 def test_multilingual_layout_round_trip(tmp_path):

@@ -138,9 +138,9 @@ def split_state(head: nn.Module) -> tuple[dict, dict]:
 
 
 def _load_core(model: nn.Module, state: dict, source: str) -> set[str]:
+    from .state_shapes import shape_mismatches
     own = model.state_dict()
-    bad = [f"{k}: model {tuple(own[k].shape)} vs file {tuple(v.shape)}"
-           for k, v in state.items() if k in own and own[k].shape != v.shape]
+    bad = shape_mismatches(own, state)
     if bad:
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(bad[:10]))
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)

@@ -5,6 +5,7 @@ The model receives its built sub-modules (TorchMultimodal style); use
 
 Tensor names used throughout (shapes):
     image        (B_img, 3, H, W)        images of the batch
+    video        (B, F, 3, H, W)         videos of the batch (F frames each)
     text_ids     (B, L) long             CLS + pieces + SEP, padded
     text_atts    (B, L) 0/1              1 on real tokens
     text_ids_masked, masked_pos (B, M), masked_ids (B, M; -100 = padding)
@@ -26,6 +27,7 @@ from .errors import InputError
 from .fusion import FusionEncoder
 from .losses import bbox_losses, itc_loss, mlm_loss, sample_hard_negatives
 from .model_config import ModelConfig
+from .video_model import VideoPooling
 
 
 def build_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -64,6 +66,8 @@ class X2VLM(nn.Module):
         self.itm_head = build_mlp(fusion_width, 2)
         self.bbox_head = build_mlp(fusion_width, 4)
         self.mlm_head = text_encoder.build_mlm_head(fusion_width)
+        self.video_pooling = VideoPooling(config.video, vision_width,
+                                          getattr(vision_encoder, "num_heads", None) or config.vision.num_heads)
 
     # --- conveniences ---------------------------------------------------------------
     @property
@@ -110,6 +114,29 @@ class X2VLM(nn.Module):
         region, full = pool_regions(embeds, idx_to_group_img, image_atts)
         return region, image_atts, full
 
+    def encode_video(self, video: torch.Tensor):
+        """Encode videos: every frame through the vision encoder, then frame-position
+        embedding, (temporal attention) and the mean over frames.
+
+        Args:
+            video: ``(B, F, 3, H, W)``.
+        Returns:
+            ``(embeds (B, 1+N, D), atts (B, 1+N) ones)``.
+        """
+        if video.dim() != 5:
+            raise InputError(f"video must be (B, F, 3, H, W), got shape {tuple(video.shape)}")
+        b, f = video.shape[:2]
+        frames = self.vision_encoder(video.flatten(0, 1))
+        embeds = self.video_pooling(frames.view(b, f, *frames.shape[1:]))
+        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+
+    def encode_visual(self, pixels: torch.Tensor):
+        """Images ``(B, 3, H, W)`` or videos ``(B, F, 3, H, W)`` -> ``(embeds, atts)``."""
+        if pixels.dim() == 5:
+            return self.encode_video(pixels)
+        embeds, atts, _ = self.encode_image(pixels)
+        return embeds, atts
+
     def encode_text(self, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` ids and mask -> ``(B, L, d_text)`` text-only hidden states."""
         if text_ids.dim() != 2 or text_ids.shape != text_atts.shape:
@@ -144,18 +171,23 @@ class X2VLM(nn.Module):
 
     # --- pretraining ------------------------------------------------------------------
     def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Pretraining losses for an image batch or a region batch.
+        """Pretraining losses for an image, a region or a video batch.
 
         Returns a dict of scalar losses: ``itc``, ``itm``, ``mlm`` and, for region
         batches with ``target_bbox``, ``bbox`` and ``giou``; plus ``loss``, their
         weighted sum (weights from ``config.loss``).
         """
-        for key in ("image", "text_ids", "text_atts"):
+        visual = "video" if "video" in batch else "image"
+        for key in (visual, "text_ids", "text_atts"):
             if key not in batch:
                 raise InputError(f"batch is missing '{key}' (has: {', '.join(sorted(batch))})")
         idx_to_group_img = batch.get("idx_to_group_img")
-        image_embeds, image_atts, full_embeds = self.encode_image(
-            batch["image"], idx_to_group_img, batch.get("image_atts"))
+        if visual == "video":
+            image_embeds, image_atts = self.encode_video(batch["video"])
+            full_embeds = image_embeds
+        else:
+            image_embeds, image_atts, full_embeds = self.encode_image(
+                batch["image"], idx_to_group_img, batch.get("image_atts"))
         text_ids, text_atts = batch["text_ids"], batch["text_atts"]
         if image_embeds.shape[0] != text_ids.shape[0]:
             raise InputError(f"{image_embeds.shape[0]} image rows but {text_ids.shape[0]} text "

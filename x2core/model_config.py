@@ -102,6 +102,32 @@ class LossConfig:
 
 
 @dataclass
+class VideoConfig:
+    """How frames ``(B, F, 3, H, W)`` become one video (facts §4).
+
+    Each frame goes through the vision encoder; a learned frame-position embedding
+    ``(1, max_frames, 1, D)`` is added; then the frames are averaged per token
+    (``avgpool``, the reference) or first mixed by temporal self-attention per token
+    (``temporal``; its output projections start at zero, so it begins as avgpool).
+    Note that under plain avgpool the frame embedding only shifts every token by the
+    mean embedding: frame order is invisible without ``temporal``.
+    """
+
+    encoding: Literal["avgpool", "temporal"] = "avgpool"
+    frame_pos_embed: bool = True     # the reference's add_frame_pos
+    max_frames: int = 8              # rows of the frame-position table (resized on load)
+    temporal_layers: int = 1
+    temporal_heads: Optional[int] = None  # default: the vision encoder's heads
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else ""
+        if self.max_frames < 1:
+            raise ConfigError(f"config field '{p}max_frames' must be >= 1, got {self.max_frames}")
+        if self.temporal_layers < 1:
+            raise ConfigError(f"config field '{p}temporal_layers' must be >= 1")
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -111,7 +137,7 @@ class ModelConfig:
     temp: float = 0.07               # initial ITC temperature
     temp_min: float = 0.001
     temp_max: float = 0.5
-    max_frames: int = 8              # size of the learned frame-position table (video)
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""

@@ -125,9 +125,9 @@ def load_initial_weights(model: nn.Module, path: str) -> set[str]:
     else:
         payload = ckpt.load_checkpoint(p)
         state = payload.get("model", payload)
+    from ..state_shapes import shape_mismatches
     own = model.state_dict()
-    shapes = [f"{k}: model {tuple(own[k].shape)} vs file {tuple(v.shape)}"
-              for k, v in state.items() if k in own and own[k].shape != v.shape]
+    shapes = shape_mismatches(own, state)
     if shapes:
         raise CheckpointError(f"{path} does not fit the model: " + "; ".join(shapes[:10]))
     model.load_state_dict(state, strict=False)
@@ -153,12 +153,16 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
     loader = build_streams(cfg, model, info)
     weights = {name: s.iter_perc for name, s in cfg.data.items()}
     has_regions = any(s.kind == "region" for s in cfg.data.values())
+    has_video = any(s.kind == "video" for s in cfg.data.values())
     step_module = PretrainStep(model, weights)
     strategy = "ddp" if cfg.strategy == "auto" else cfg.strategy
     # DDP must be told when some parameters can miss a step's graph: the bbox head
-    # without a region stream, or any stream that skips steps (ratio < 1).
+    # without a region stream, the frame table / temporal layers without a video
+    # stream, or any stream that skips steps (ratio < 1).
     sometimes_absent = any(s.ratio < 1.0 for s in cfg.data.values())
-    wrapped = _wrap(step_module, info, strategy, find_unused=not has_regions or sometimes_absent)
+    video_params = any(True for _ in model.video_pooling.parameters())
+    find_unused = not has_regions or (video_params and not has_video) or sometimes_absent
+    wrapped = _wrap(step_module, info, strategy, find_unused=find_unused)
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     optimizer = build_optimizer(model, cfg.optim, info.device, new_params)
