@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from test_heads import HEAD_MODULES, stores  # noqa: F401  (session fixture)
+from test_heads import stores  # noqa: F401  (session fixture)
 
 THIRD_PARTY = textwrap.dedent('''
     """A third-party head: how many shapes are in the image (1-3), from the vision CLS."""
@@ -63,7 +63,7 @@ def cli(monkeypatch, tmp_path):
 
     (tmp_path / "thirdparty_heads.py").write_text(THIRD_PARTY)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("X2VLM_PLUGINS", ",".join(HEAD_MODULES + ["thirdparty_heads"]))
+    monkeypatch.setenv("X2VLM_PLUGINS", "thirdparty_heads")
     monkeypatch.setenv("X2VLM_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.setitem(cli_mod.COMMANDS, "finetune",
                         ("x2core.commands.finetune", "fine-tune a domain head and evaluate it"))
@@ -114,7 +114,7 @@ def test_eval_checkpoint_roundtrip_and_init_from(stores, tmp_path):
     from x2core.finetune import evaluate, finetune, load_finetune_config
     from x2core.plugin_manager import PluginManager
 
-    pm = PluginManager(extra_modules=HEAD_MODULES, autoload=False)
+    pm = PluginManager(autoload=False)
     base = [f"head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
             "batch_size=32", "progress=false", "optim.lr=1e-3"]
     res = finetune(load_finetune_config(None, base + ["epochs=2", f"output_dir={tmp_path / 'a'}"]),

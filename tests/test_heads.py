@@ -8,14 +8,6 @@ import pytest
 
 from x2core.errors import ConfigError, InputError
 
-from x2core.plugin_manager import BUILTIN_PLUGINS
-
-# First-party heads not (yet) among the built-ins are loaded as extra modules; once
-# x2core/plugin_manager.py lists them, this is empty and the built-ins are used.
-HEAD_MODULES = [m for m in (f"x2plugins.heads.{n}" for n in
-                            ("retrieval", "vqa", "nlvr2", "grounding", "captioning", "classification"))
-                if m not in BUILTIN_PLUGINS]
-
 
 @pytest.fixture(scope="session")
 def stores(tmp_path_factory):
@@ -25,7 +17,7 @@ def stores(tmp_path_factory):
     from x2datasets.synthetic import generate
 
     root = tmp_path_factory.mktemp("heads")
-    f = generate(str(root / "syn"), seed=0, num_train=300, num_heldout=60)
+    f = generate(str(root / "syn"), seed=0, num_train=300, num_heldout=60, nlvr_train=1200, nlvr_heldout=200)
     img = str(root / "syn")
     out = {}
     for name, fmt, ann, kw in [
@@ -56,7 +48,7 @@ def stores(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pm():
     from x2core.plugin_manager import PluginManager
-    return PluginManager(extra_modules=HEAD_MODULES, autoload=False)
+    return PluginManager(autoload=False)
 
 
 def run(pm, tmp_path, head, train, ev, epochs, *extra, lr="1e-3", stores=None):
@@ -70,7 +62,8 @@ def run(pm, tmp_path, head, train, ev, epochs, *extra, lr="1e-3", stores=None):
 
 def test_heads_registered(pm):
     names = pm.registry("heads").names()
-    for n in ("retrieval", "vqa", "vqa-cls", "nlvr2", "grounding", "captioning", "classification"):
+    for n in ("retrieval", "vqa", "vqa-cls", "nlvr2", "grounding", "captioning", "classification",
+              "video-retrieval", "video-qa"):
         assert n in names
 
 
@@ -92,8 +85,15 @@ def test_vqa_generative_beats_zero_shot(pm, stores, tmp_path):
     assert len(preds) == 180 and {"question_id", "answer"} <= set(preds[0])
 
 
+GROUNDING_MODEL = ("model_overrides.vision.patch_size=8", "model_overrides.vision.abs_pos_embed=true",
+                   "model_overrides.vision.abs_pos_init=sincos", "model_overrides.fusion.dropout=0.0",
+                   "model_overrides.text.dropout=0.0")
+
+
 def test_grounding_beats_shuffled_boxes(pm, stores, tmp_path):
-    res = run(pm, tmp_path, "grounding", "regions_train", "regions_heldout", 10, stores=stores)
+    # the demo's grounding-friendly sizes: 8-px patches, sine-cosine absolute positions
+    res = run(pm, tmp_path, "grounding", "regions_train", "regions_heldout", 10, *GROUNDING_MODEL,
+              stores=stores)
     v = res["val"]
     assert v["acc_iou50"] > 1.5 * v["shuffled_acc_iou50"], v
 

@@ -71,7 +71,8 @@ def rerank_itm(model, img_embeds, txt_embeds, txt_atts, query_is_image: bool, ca
 def retrieval_rank(model, images_iter, texts_ids: torch.Tensor, texts_atts: torch.Tensor, *,
                    k_test: int, chunk_size: int = 1024, batch_size: int = 64, itm_batch_size: int = 256,
                    progress: bool = False) -> dict[str, torch.Tensor]:
-    """Encode, ITC top-k in chunks, ITM rerank. ``images_iter`` yields ``(B, 3, H, W)`` batches.
+    """Encode, ITC top-k in chunks, ITM rerank. ``images_iter`` yields ``(B, 3, H, W)`` image
+    batches or ``(B, F, 3, H, W)`` video batches.
 
     Returns ranked candidate lists: ``i2t``/``t2i`` (ITM-reranked, best first) and
     ``i2t_itc``/``t2i_itc`` (ITC order, at least 10 deep), for
@@ -81,7 +82,7 @@ def retrieval_rank(model, images_iter, texts_ids: torch.Tensor, texts_atts: torc
     device = next(model.parameters()).device
     img_embeds, img_feats = [], []
     for pix in images_iter:
-        e, _, _ = model.encode_image(pix.to(device))
+        e, _ = model.encode_visual(pix.to(device))
         img_embeds.append(e)
         img_feats.append(model.image_features(e).float())
     img_embeds, img_feats = torch.cat(img_embeds), torch.cat(img_feats)
@@ -118,21 +119,43 @@ def _tokenize(text_proc, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tens
             torch.tensor([r["text_atts"] for r in rows], dtype=torch.long))
 
 
+def _visual_loader(model, num_frames: int, frame_sampler: str):
+    """``load(record, where)`` -> an image ``(3, R, R)`` or a video ``(F, 3, R, R)``
+    (records with ``video`` / ``frames``; the sampler's evaluation rule)."""
+    from .transforms import decode_image, eval_image_transform
+
+    res = model.config.vision.image_size
+    sampler = None
+
+    def load(rec, where: str):
+        nonlocal sampler
+        if rec.get("image") is not None:
+            return eval_image_transform(decode_image(rec["image"]), res)
+        import random
+
+        from .video_data import load_video_tensor
+        from .video_io import get_frame_sampler
+        sampler = sampler or get_frame_sampler(frame_sampler)
+        return load_video_tensor(rec, num_frames=num_frames, sampler=sampler, image_res=res,
+                                 train=False, rng=random.Random(0), where=where)
+    return load
+
+
 @torch.no_grad()
 def evaluate_retrieval_store(model, store, *, lang: str = "en", max_tokens: int = 40, k: int = 16,
-                             batch_size: int = 64, limit: int | None = None,
-                             progress: bool = False) -> dict[str, float]:
-    """Zero-shot image<->text retrieval on an LMDB store of ``{image, texts: {lang: [...]}}``.
+                             batch_size: int = 64, limit: int | None = None, num_frames: int = 3,
+                             frame_sampler: str = "segment", progress: bool = False) -> dict[str, float]:
+    """Zero-shot retrieval on an LMDB store of ``{image | video | frames, texts: {lang: [...]}}``:
+    image<->text, or video<->text with ``num_frames`` frames per video.
 
     Returns TR/IR R@1/5/10 (ITC top-``k``, ITM rerank), their mean, the same from
     ITC alone (``itc_*``), and ``chance_r{1,5,10}`` for text->image retrieval.
     """
     from .store import LmdbReader
     from .text import TextProcessor
-    from .transforms import decode_image, eval_image_transform
 
     reader = store if isinstance(store, LmdbReader) else LmdbReader(store)
-    res = model.config.vision.image_size
+    load = _visual_loader(model, num_frames, frame_sampler)
     text_proc = TextProcessor(model.tokenizer, max_tokens)
     images, texts, img2txt, txt2img = [], [], [], []
     n = len(reader) if limit is None else min(limit, len(reader))
@@ -141,7 +164,7 @@ def evaluate_retrieval_store(model, store, *, lang: str = "en", max_tokens: int 
         caps = _pick_texts(rec, lang)
         if not caps:
             continue
-        images.append(eval_image_transform(decode_image(rec["image"]), res))
+        images.append(load(rec, f"{reader.path}: record {i}"))
         img2txt.append(list(range(len(texts), len(texts) + len(caps))))
         txt2img.extend([len(images) - 1] * len(caps))
         texts.extend(caps)

@@ -114,17 +114,16 @@ def check_store_fields(head_name: str, fields: Sequence[str], store: Any, *,
     if len(store) == 0:
         raise InputError(f"head '{head_name}': store {getattr(store, 'path', store)} is empty")
     first = store[0]
-    for f in fields:
-        try:
-            get_field(first, f)
-        except KeyError:
+    for f in fields:  # "a|b": either field will do
+        if not any(get_field(first, alt, None) is not None for alt in f.split("|")):
             where = f" ({split})" if split else ""
             have = ", ".join(sorted(k for k in first if k != "source"))
+            wanted = "' or '".join(alt.split(".")[0] for alt in f.split("|"))
             raise InputError(
                 f"head '{head_name}' needs record field '{f}', but store "
                 f"{getattr(store, 'path', store)}{where} does not provide it (its records have: "
-                f"{have}). Pack the store with a format that writes '{f.split('.')[0]}', or choose "
-                f"another head.") from None
+                f"{have}). Pack the store with a format that writes "
+                f"'{wanted}', or choose another head.")
 
 
 # --- a convenience base ----------------------------------------------------------------------

@@ -38,8 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "x2plugins.text_xlmr",
     "x2datasets.builtin",
     "x2adapters.builtin_adapters",
-    "x2plugins.heads.retrieval", "x2plugins.heads.vqa", "x2plugins.heads.nlvr2",
-    "x2plugins.heads.grounding", "x2plugins.heads.captioning", "x2plugins.heads.classification",
+    "x2plugins.heads.builtin",
 )
 
 # kind -> registration hook name

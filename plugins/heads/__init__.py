@@ -1,6 +1,8 @@
-"""First-party domain heads, one plugin module each (registered like third-party heads).
+"""First-party domain heads: ``retrieval``, ``vqa`` (generative answer ranking) and
+``vqa-cls``, ``nlvr2``, ``grounding``, ``captioning``, ``classification``,
+``video-retrieval``, ``video-qa``.
 
-``retrieval``, ``vqa`` (generative answer ranking) and ``vqa-cls``, ``nlvr2``,
-``grounding``, ``captioning``, ``classification``. Importing this package imports
-nothing heavy; each module registers through ``x2vlm_register_heads``.
+``x2plugins.heads.builtin`` registers them through ``x2vlm_register_heads`` exactly as a
+third-party plugin would; each implementation module is imported only when its head is
+built.
 """

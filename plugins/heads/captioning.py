@@ -21,7 +21,6 @@ from torch import nn
 
 from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width, image_res,
                           load_image, pick_texts)
-from x2core.hookspecs import hookimpl
 from x2core.metrics.caption import bleu, cider_d, tokenize_caption
 from x2core.text import pre_caption
 
@@ -179,9 +178,3 @@ def _blocked(seq: list[int], n: int) -> set[int]:
         return set()
     tail = tuple(seq[len(seq) - n + 1:])
     return {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == tail}
-
-
-@hookimpl
-def x2vlm_register_heads(register):
-    register("captioning", CaptioningHead,
-             description="captioning: causal (UniLM-style) fusion pass, beam search, BLEU-4 / CIDEr-D")

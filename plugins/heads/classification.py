@@ -19,7 +19,6 @@ from torch import nn
 from x2core.errors import InputError
 from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
                           load_image, maybe_progress, move_to, text_processor)
-from x2core.hookspecs import hookimpl
 from x2core.metrics.classification import accuracy
 from x2core.model import build_mlp
 
@@ -113,9 +112,3 @@ class ClassificationHead(HeadBase):
                            "zero_shot_acc": accuracy([p["zero_shot_index"] for p in preds], labels),
                            "majority_acc": 100.0 * float(counts.max()) / len(labels) if labels else 0.0,
                            "num_images": float(len(preds))}, preds)
-
-
-@hookimpl
-def x2vlm_register_heads(register):
-    register("classification", ClassificationHead,
-             description="image classification: zero-shot via ITC class prompts, MLP/linear head")

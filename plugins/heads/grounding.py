@@ -19,7 +19,6 @@ import torch
 from x2core.boxes import box_cxcywh_to_xyxy, box_iou
 from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
                           load_image, move_to, maybe_progress, text_processor)
-from x2core.hookspecs import hookimpl
 from x2core.losses import bbox_losses
 from x2core.metrics.boxes import iou_accuracy
 from x2core.transforms import box_to_target
@@ -112,9 +111,3 @@ class GroundingHead(HeadBase):
         iou = box_iou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target))
         return {"acc_iou50": iou_accuracy(pred, target), "shuffled_acc_iou50": shuffled,
                 "mean_iou": float(iou.mean()), "num_queries": float(len(predictions))}
-
-
-@hookimpl
-def x2vlm_register_heads(register):
-    register("grounding", GroundingHead,
-             description="referring-expression grounding: bbox head L1 + GIoU, Acc@IoU>=0.5 per split")

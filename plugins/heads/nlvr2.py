@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width, image_res,
                           load_image, pick_texts, text_processor)
-from x2core.hookspecs import hookimpl
 from x2core.metrics.classification import accuracy
 from x2core.model import build_mlp
 
@@ -76,8 +75,3 @@ class Nlvr2Head(HeadBase):
             out["majority_acc"] = 100.0 * max(sum(p["label"] for p in known),
                                               sum(1 - p["label"] for p in known)) / len(known)
         return out
-
-
-@hookimpl
-def x2vlm_register_heads(register):
-    register("nlvr2", Nlvr2Head, description="NLVR2: two fused CLS concatenated -> MLP -> 2, accuracy")

@@ -16,7 +16,6 @@ from x2core.errors import InputError
 from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
                           load_image, pick_texts, text_processor)
 from x2core.evaluation import retrieval_rank
-from x2core.hookspecs import hookimpl
 from x2core.losses import itc_loss
 from x2core.metrics.retrieval import recall_from_topk
 
@@ -47,22 +46,29 @@ class RetrievalHead(HeadBase):
         self.train_fields = self.eval_fields = ("image", f"texts.{o.lang}")
         self._text = text_processor(model, o.max_tokens, o.max_words)
 
+    visual_key = "image"  # the batch key of the pixels; video retrieval uses "video"
+
+    def load_visual(self, rec, i, *, train: bool, rng: random.Random | None = None) -> torch.Tensor:
+        """One record's pixels: ``(3, R, R)`` here; ``(F, 3, R, R)`` for video retrieval."""
+        return load_image(rec["image"], image_res(self.model), train=train, rng=rng,
+                          scale=self.options.crop_scale)
+
     def build_dataset(self, store, *, train: bool) -> HeadData:
-        o, res, text = self.options, image_res(self.model), self._text
+        o, text = self.options, self._text
 
         def item(rec, i, rng: random.Random):
             caps = pick_texts(rec, o.lang)
             if not caps:
                 raise InputError(f"retrieval: record {i} of {store.path} has no '{o.lang}' text")
             t = text(rng.choice(caps))
-            return {"image": load_image(rec["image"], res, train=True, rng=rng, scale=o.crop_scale),
+            return {self.visual_key: self.load_visual(rec, i, train=True, rng=rng),
                     "text_ids": t["text_ids"], "text_atts": t["text_atts"],
                     "idx": int(rec.get("image_id", i)) if isinstance(rec.get("image_id", i), int) else i}
         return HeadData(StoreDataset(store, item), collate)
 
     def forward(self, batch):
         m, o = self.model, self.options
-        image_embeds, image_atts, _ = m.encode_image(batch["image"])
+        image_embeds, image_atts = m.encode_visual(batch[self.visual_key])
         text_embeds = m.encode_text(batch["text_ids"], batch["text_atts"])
         image_feat, text_feat = m.image_features(image_embeds), m.text_features(text_embeds)
         temp = m.temperature()
@@ -73,7 +79,7 @@ class RetrievalHead(HeadBase):
 
     @torch.no_grad()
     def evaluate(self, store, *, batch_size: int = 64, progress: bool = False) -> EvalResult:
-        o, res = self.options, image_res(self.model)
+        o = self.options
         texts, img2txt, txt2img, image_ids = [], [], [], []
         for i in range(len(store)):
             rec = store[i]
@@ -88,7 +94,7 @@ class RetrievalHead(HeadBase):
 
         def images():
             for s in range(0, len(store), batch_size):
-                yield torch.stack([load_image(store[j]["image"], res)
+                yield torch.stack([self.load_visual(store[j], j, train=False)
                                    for j in range(s, min(s + batch_size, len(store)))])
         ranked = retrieval_rank(self.model, images(), ids, atts, k_test=o.k_test,
                                 chunk_size=o.chunk_size, batch_size=batch_size,
@@ -103,9 +109,3 @@ class RetrievalHead(HeadBase):
         preds += [{"text": texts[t], "text_index": t, "images": ranked["t2i"][t, :n].tolist()}
                   for t in range(len(texts))]
         return EvalResult(metrics, preds)
-
-
-@hookimpl
-def x2vlm_register_heads(register):
-    register("retrieval", RetrievalHead,
-             description="image-text retrieval: ITC(idx)+ITM hard negatives; ITC top-k + ITM rerank, R@1/5/10")

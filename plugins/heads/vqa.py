@@ -30,7 +30,6 @@ from x2core.errors import InputError
 from x2core.fusion import FusionLayer
 from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, fusion_width,
                           image_res, load_image, text_processor)
-from x2core.hookspecs import hookimpl
 from x2core.metrics.vqa import annotators_from_weights, vqa_score
 from x2core.model import build_mlp
 
@@ -283,12 +282,3 @@ class VqaClassificationHead(_VqaCommon):
 
 def _plain(x):
     return x.item() if torch.is_tensor(x) else x
-
-
-@hookimpl
-def x2vlm_register_heads(register):
-    register("vqa", VqaGenerativeHead,
-             description="VQA: decoder from the fusion layers, answer-list ranking (first token "
-                         "top-k, full-likelihood rerank), official VQA accuracy")
-    register("vqa-cls", VqaClassificationHead,
-             description="VQA as classification over the answer list (MLP on the fused CLS)")

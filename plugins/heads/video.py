@@ -1,0 +1,179 @@
+"""``video-retrieval`` (MSRVTT) and ``video-qa`` (MSRVTT-QA / MSVD-QA).
+
+Both read records packed by ``x2vlm pack video-text`` / ``video-qa``: ``video`` (mp4
+bytes) or ``frames`` (pre-extracted JPEGs). ``num_frames`` frames are chosen by a
+frame-sampler plugin (``segment``: random per segment in training, the first of each
+segment in evaluation) and encoded as one video (frame-position embedding, mean over
+frames; :mod:`x2core.video_model`).
+
+``video-retrieval`` is the image retrieval head with videos: ITC + ITM hard negatives in
+training; ITC top-``k_test`` then ITM rerank, text->video and video->text R@1/5/10.
+
+``video-qa`` follows ClipBERT / the reference (facts §4): classification of the fused
+CLS over the answer vocabulary (``ans2label`` from ``--answer-list`` at pack time or the
+option ``answer_list``), cross-entropy; top-1 accuracy. Questions whose answer is not
+in the vocabulary count as wrong, as in the reference.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from x2core.errors import InputError
+from x2core.heads import HeadBase, HeadData, StoreDataset, collate, fusion_width, image_res, text_processor
+from x2core.metrics.classification import accuracy
+from x2core.model import build_mlp
+
+from .retrieval import RetrievalHead, RetrievalOptions
+
+VIDEO_FIELD = "video|frames"
+
+
+def _video_loader(head, num_frames: int, frame_sampler: str, crop_scale):
+    """``load(rec, where, train, rng) -> (F, 3, R, R)`` for a head's model and options."""
+    from x2core.video_data import load_video_tensor
+    from x2core.video_io import get_frame_sampler
+
+    sampler = get_frame_sampler(frame_sampler)
+    video = head.model.config.video
+    if video.frame_pos_embed and num_frames > video.max_frames:
+        raise InputError(f"head '{head.name}': num_frames {num_frames} exceeds the model's "
+                         f"frame-position table (video.max_frames = {video.max_frames})")
+
+    def load(rec, where: str, *, train: bool, rng: random.Random | None):
+        return load_video_tensor(rec, num_frames=num_frames, sampler=sampler,
+                                 image_res=image_res(head.model), train=train,
+                                 rng=rng or random.Random(0), where=where, crop_scale=crop_scale)
+    return load
+
+
+@dataclass
+class VideoRetrievalOptions(RetrievalOptions):
+    num_frames: int = 8
+    frame_sampler: str = "segment"
+    k_test: int = 128
+
+
+class VideoRetrievalHead(RetrievalHead):
+    name = "video-retrieval"
+    Options = VideoRetrievalOptions
+    visual_key = "video"
+
+    def __init__(self, model, options=None):
+        super().__init__(model, options)
+        o = self.options
+        self.train_fields = self.eval_fields = (VIDEO_FIELD, f"texts.{o.lang}")
+        self._load = _video_loader(self, o.num_frames, o.frame_sampler, o.crop_scale)
+
+    def load_visual(self, rec, i, *, train: bool, rng: random.Random | None = None) -> torch.Tensor:
+        return self._load(rec, f"record {i}", train=train, rng=rng)
+
+
+@dataclass
+class VideoQaOptions:
+    answer_list: Optional[str] = None   # JSON ans2label / list; default: the store's metadata
+    num_frames: int = 8
+    frame_sampler: str = "segment"
+    max_tokens: int = 40
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    train_augment: bool = True
+    answer_list_size: Optional[int] = None  # head size when the list is known only later
+
+
+class VideoQaHead(HeadBase):
+    name = "video-qa"
+    Options = VideoQaOptions
+    train_fields = (VIDEO_FIELD, "question", "answers")
+    eval_fields = (VIDEO_FIELD, "question")
+
+    def __init__(self, model, options=None):
+        super().__init__(model, options)
+        o = self.options
+        self._question = text_processor(model, o.max_tokens, max_words=None)
+        self._load = _video_loader(self, o.num_frames, o.frame_sampler, o.crop_scale)
+        self.answer_list: list[str] | None = _read_answers(o.answer_list) if o.answer_list else None
+        self.cls_head = None
+        if self.answer_list is not None or o.answer_list_size:
+            self._make_head(len(self.answer_list) if self.answer_list else o.answer_list_size)
+
+    def _make_head(self, n: int):
+        self.cls_head = build_mlp(fusion_width(self.model), n).to(self.device)
+        self.options.answer_list_size = n
+
+    def _ensure_answers(self, store):
+        if self.answer_list is None:
+            meta = getattr(store, "meta", {}) or {}
+            answers = meta.get("answer_list")
+            if not answers:
+                raise InputError(f"head 'video-qa' needs an answer vocabulary: pack with "
+                                 f"`x2vlm pack video-qa --answer-list ans2label.json` or set "
+                                 f"head_options.answer_list (store {getattr(store, 'path', store)})")
+            self.answer_list = list(answers)
+        if self.cls_head is None:
+            self._make_head(len(self.answer_list))
+        elif self.cls_head[-1].out_features != len(self.answer_list):
+            raise InputError(f"video-qa: the head has {self.cls_head[-1].out_features} answers, the "
+                             f"answer list {len(self.answer_list)}")
+        self._index = {a: i for i, a in enumerate(self.answer_list)}
+
+    def build_dataset(self, store, *, train: bool) -> HeadData:
+        self._ensure_answers(store)
+        o = self.options
+
+        def item(rec, i, rng: random.Random):
+            q = self._question(rec["question"])
+            answers = list(rec.get("answers") or [])
+            return {"video": self._load(rec, f"record {i}", train=train and o.train_augment, rng=rng),
+                    "text_ids": q["text_ids"], "text_atts": q["text_atts"],
+                    "label": self._index.get(answers[0], -100) if answers else -100,
+                    "question_id": rec.get("question_id", i), "answer_gt": answers[0] if answers else ""}
+        return HeadData(StoreDataset(store, item), collate)
+
+    def logits(self, batch) -> torch.Tensor:
+        m = self.model
+        video_embeds, video_atts = m.encode_video(batch["video"])
+        text_embeds = m.encode_text(batch["text_ids"], batch["text_atts"])
+        fused = m.fuse(video_embeds, video_atts, text_embeds, batch["text_atts"])
+        return self.cls_head(fused[:, 0]).float()
+
+    def forward(self, batch):
+        logits = self.logits(batch)
+        labels = batch["label"]
+        if not (labels >= 0).any():  # no answer of this batch is in the vocabulary
+            return {"loss": logits.sum() * 0.0}
+        return {"loss": F.cross_entropy(logits, labels, ignore_index=-100)}
+
+    @torch.no_grad()
+    def predict(self, batch):
+        best = self.logits(batch).argmax(1).tolist()
+        qids = batch["question_id"]
+        return [{"question_id": qids[i].item() if torch.is_tensor(qids[i]) else qids[i],
+                 "answer": self.answer_list[b], "_gt": batch["answer_gt"][i]}
+                for i, b in enumerate(best)]
+
+    def compute_metrics(self, predictions):
+        scored = [p for p in predictions if p.get("_gt")]
+        out = {"num_questions": float(len(predictions))}
+        if scored:
+            out["acc"] = accuracy([p["answer"] for p in scored], [p["_gt"] for p in scored])
+        for p in predictions:
+            p.pop("_gt", None)
+        return out
+
+
+def _read_answers(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"video-qa answer list {path}: {exc}") from None
+    if isinstance(data, dict):
+        return [a for a, _ in sorted(data.items(), key=lambda kv: kv[1])]
+    if isinstance(data, list) and all(isinstance(a, str) for a in data):
+        return data
+    raise InputError(f"video-qa answer list {path}: expected ans2label ({{answer: label}}) or a list")
