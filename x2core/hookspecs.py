@@ -39,8 +39,13 @@ def x2vlm_register_vision_encoders(register):
 
 @hookspec
 def x2vlm_register_frame_samplers(register):
-    """Register frame samplers:
-    ``sampler(num_frames, n, *, training, rng, fps=None) -> list[int]``."""
+    """Register frame samplers: ``register(name, factory, description="")``.
+
+    ``factory(**options)`` returns the sampler,
+    ``sampler(num_frames, n, *, training, rng, fps=None) -> list[int]`` (``n`` indices in
+    ``[0, num_frames)``; ``rng`` a ``random.Random``; ``fps`` the video's rate when
+    known). Resolve one with :func:`x2core.video_io.get_frame_sampler`.
+    """
 
 
 @hookspec

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "x2plugins.vision_beit2",
     "x2plugins.text_bert",
     "x2plugins.text_xlmr",
+    "x2plugins.frame_samplers",
     "x2datasets.builtin",
     "x2adapters.builtin_adapters",
     "x2plugins.heads.builtin",

@@ -26,6 +26,11 @@ class SyntheticConfig:
     vqa_per_image: int = 3
     nlvr_train: int | None = None   # statements; None -> num_train
     nlvr_heldout: int | None = None  # None -> num_heldout
+    # Videos of one moving shape (mp4, needs PyAV); none unless asked for.
+    num_videos: int = 0
+    num_heldout_videos: int = 0     # distinct captions: at most kinds x colours x 4 directions
+    video_frames: int = 12
+    video_fps: int = 8
 
     def __post_init__(self):
         object.__setattr__(self, "langs", check_langs(self.langs))

@@ -155,6 +155,9 @@ def generate(out_dir: str, *, seed: int = 0, num_train: int = 3000, num_heldout:
     nlvr_heldout = cfg.num_heldout if cfg.nlvr_heldout is None else cfg.nlvr_heldout
     _dump_json(files["nlvr_train"], _nlvr(cfg, "train", train, train_paths, nlvr_train))
     _dump_json(files["nlvr_heldout"], _nlvr(cfg, "heldout", heldout, heldout_paths, nlvr_heldout))
+    if cfg.num_videos or cfg.num_heldout_videos:
+        from .videos import write_videos
+        files.update(write_videos(out_dir, cfg, lambda *parts: _rng(cfg, *parts), progress=progress))
     _dump_json(files["config"], dataclasses.asdict(cfg))
     files["images"] = os.path.join(out_dir, "images")
     return files
