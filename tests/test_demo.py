@@ -17,6 +17,9 @@ def test_quick_demo_end_to_end(tmp_path):
     r = results["retrieval"]["en"]
     assert r["num_images"] == 40 and 0 <= r["ir_r1"] <= 100
     assert abs(r["chance_r1"] - 100 / 40) < 1e-9
+    v = results["video_retrieval"]["en"]
+    assert v["num_images"] == 12 and abs(v["chance_r1"] - 100 / 12) < 1e-9 and 0 <= v["ir_r1"] <= 100
+    assert "text->video R@1 (en, 12 videos)" in proc.stdout
     g = results["grounding"]["en"]
     assert g["num_queries"] > 40 and 0 <= g["acc_iou50"] <= 100
     png = Image.open(out / "demo.png")

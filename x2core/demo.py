@@ -33,6 +33,10 @@ class DemoConfig:
     steps: int = 800
     batch_size: int = 48              # image-text pairs per step
     region_batch_size: int = 48       # region text rows per step
+    num_videos: int = 600             # training videos of one moving shape (0: no video stream)
+    num_heldout_videos: int = 60      # held-out videos (distinct captions)
+    video_batch_size: int = 16        # videos per step
+    num_frames: int = 3               # frames per video (the reference pretrains on 3)
     lr: float = 1e-3
     warmup: float = 0.05
     langs: list[str] = field(default_factory=lambda: ["en", "de", "zh"])
@@ -68,7 +72,8 @@ def prepare_data(cfg: DemoConfig) -> dict[str, str]:
     if not marker.exists():
         _say(f"[1/4] generating {cfg.num_train} + {cfg.num_heldout} synthetic scenes -> {raw}")
         generate(str(raw), seed=cfg.seed, num_train=cfg.num_train, num_heldout=cfg.num_heldout,
-                 image_size=cfg.image_size, langs=tuple(cfg.langs), progress=cfg.progress)
+                 image_size=cfg.image_size, langs=tuple(cfg.langs), progress=cfg.progress,
+                 num_videos=cfg.num_videos, num_heldout_videos=cfg.num_heldout_videos)
         marker.write_text("ok\n")
     else:
         _say(f"[1/4] synthetic scenes already in {raw}")
@@ -82,6 +87,9 @@ def prepare_data(cfg: DemoConfig) -> dict[str, str]:
     for lang in cfg.eval_langs:
         name = "heldout_retrieval.json" if lang == "en" else f"heldout_retrieval_{lang}.json"
         jobs[f"heldout_retrieval_{lang}"] = ("retrieval", raw / name)
+    if cfg.num_videos:
+        jobs["videos"] = ("video-text", raw / "pretrain_video_text.jsonl")
+        jobs["heldout_video_retrieval"] = ("video-text", raw / "heldout_video_retrieval.json")
     paths = {}
     _say(f"[2/4] packing {len(jobs)} splits to LMDB -> {stores}")
     for name, (fmt, ann) in jobs.items():
@@ -99,6 +107,9 @@ def prepare_data(cfg: DemoConfig) -> dict[str, str]:
             for elem in json.loads(line)["elems"]:
                 c = elem["caption"]
                 texts.extend(c.values() if isinstance(c, dict) else [c])
+        if (raw / "pretrain_video_text.jsonl").exists():
+            for line in open(raw / "pretrain_video_text.jsonl", encoding="utf-8"):
+                texts.extend(json.loads(line)["caption"].values())
         build_wordpiece_vocab(texts, vocab)
     paths["vocab"] = str(vocab.resolve())  # the checkpoint must load from any directory
     return paths
@@ -122,6 +133,10 @@ def train_config(cfg: DemoConfig, paths: dict[str, str]):
                     "max_images": max(1, cfg.region_batch_size // 3), "max_tokens": 24,
                     "langs": cfg.langs, "iter_perc": 0.5, "num_workers": cfg.num_workers},
     }
+    if cfg.num_videos:
+        data["videos"] = {"path": paths["videos"], "kind": "video", "batch_size": cfg.video_batch_size,
+                          "num_frames": cfg.num_frames, "max_tokens": 24, "langs": cfg.langs,
+                          "num_workers": cfg.num_workers, "crop_scale": [0.8, 1.0]}
     return from_dict(TrainConfig, {
         "model": "x2vlm-tiny", "model_overrides": overrides, "data": data,
         "masking": {"max_masks": 4},
@@ -143,6 +158,10 @@ def evaluate(model, paths: dict[str, str], cfg: DemoConfig) -> tuple[dict, list[
     queries = predict_boxes_store(model, paths["heldout_grounding"], lang="en", max_tokens=24,
                                   progress=cfg.progress)
     results["grounding"]["en"] = grounding_summary(queries, seed=cfg.seed)
+    if "heldout_video_retrieval" in paths:
+        results["video_retrieval"] = {"en": evaluate_retrieval_store(
+            model, paths["heldout_video_retrieval"], lang="en", max_tokens=24, num_frames=cfg.num_frames,
+            progress=cfg.progress)}
     return results, queries
 
 
@@ -154,6 +173,11 @@ def results_table(results: dict) -> str:
         lines.append(f"{f'text->image R@1 ({lang}, {n} images)':34s} {r['ir_r1']:8.1f} {r['chance_r1']:8.1f}")
         lines.append(f"{f'text->image R@5 ({lang})':34s} {r['ir_r5']:8.1f} {r['chance_r5']:8.1f}")
         lines.append(f"{f'image->text R@1 ({lang})':34s} {r['tr_r1']:8.1f} {'':>8s}")
+    for lang, r in results.get("video_retrieval", {}).items():
+        n = int(r["num_images"])
+        lines.append(f"{f'text->video R@1 ({lang}, {n} videos)':34s} {r['ir_r1']:8.1f} {r['chance_r1']:8.1f}")
+        lines.append(f"{f'text->video R@5 ({lang})':34s} {r['ir_r5']:8.1f} {r['chance_r5']:8.1f}")
+        lines.append(f"{f'video->text R@1 ({lang})':34s} {r['tr_r1']:8.1f} {'':>8s}")
     for lang, g in results["grounding"].items():
         n = int(g["num_queries"])
         lines.append(f"{f'grounding Acc@IoU0.5 ({lang}, {n} q)':34s} {g['acc_iou50']:8.1f} "
@@ -224,7 +248,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     ckpts = run_dir / "checkpoints"
     done = latest_checkpoint(ckpts)
     resume = done is not None
-    _say(f"[3/4] pretraining x2vlm-tiny for {cfg.steps} steps on the image + region streams "
+    streams = " + ".join(tcfg.data)
+    _say(f"[3/4] pretraining x2vlm-tiny for {cfg.steps} steps on the {streams} streams "
          f"({'resuming' if resume else 'from scratch'}; checkpoints in {ckpts})")
     t1 = time.perf_counter()
     train(tcfg, resume=True if resume else None)

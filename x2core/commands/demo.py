@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
 
 
 QUICK = {"num_train": 300, "num_heldout": 40, "steps": 40, "batch_size": 16, "region_batch_size": 16,
-         "eval_langs": ["en"]}
+         "eval_langs": ["en"], "num_videos": 40, "num_heldout_videos": 12, "video_batch_size": 4}
 
 
 def run(args) -> int:
