@@ -262,3 +262,16 @@ def test_frames_downsized_with_max_side(tmp_path):
                                     rng=random.Random(0))
     assert_frames(frames, idx)          # 64 px stored as 32 px
     assert os.path.isdir(img / "big")
+
+
+def test_inspect_describes_frame_records_without_dumping_bytes():
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from x2core.commands.inspect import describe
+    buf = _io.BytesIO()
+    _Image.new("RGB", (8, 6)).save(buf, format="JPEG")
+    out = describe({"frames": [buf.getvalue()] * 3, "video_id": "v1"})
+    assert out["frames"].startswith("3 encoded frames") and "JPEG 8x6" in out["frames"]
+    assert out["video_id"] == "v1"

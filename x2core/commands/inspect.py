@@ -105,6 +105,9 @@ def describe(record: dict) -> dict:
             out[key] = [_image_desc(v) for v in value]
         elif key == "video":
             out[key] = f"{len(value)} bytes"
+        elif key == "frames" and isinstance(value, list):
+            first = _image_desc(value[0]) if value else "none"
+            out[key] = f"{len(value)} encoded frames ({sum(len(v) for v in value)} bytes), first: {first}"
         elif key in ("width", "height"):
             continue
         elif key == "regions":
