@@ -85,6 +85,8 @@ def test_vqa_generative_beats_zero_shot(pm, stores, tmp_path):
     assert len(preds) == 180 and {"question_id", "answer"} <= set(preds[0])
 
 
+# The demo's sizes (8-px patches, sine-cosine absolute positions, no dropout): with the
+# x2vlm-tiny defaults these runs sit on the fusion plateau and pass or fail with the seed.
 GROUNDING_MODEL = ("model_overrides.vision.patch_size=8", "model_overrides.vision.abs_pos_embed=true",
                    "model_overrides.vision.abs_pos_init=sincos", "model_overrides.fusion.dropout=0.0",
                    "model_overrides.text.dropout=0.0")
@@ -100,7 +102,7 @@ def test_grounding_beats_shuffled_boxes(pm, stores, tmp_path):
 
 def test_retrieval_beats_chance(pm, stores, tmp_path):
     res = run(pm, tmp_path, "retrieval", "it_train", "ret_heldout", 6, "head_options.k_test=16",
-              stores=stores)
+              *GROUNDING_MODEL, stores=stores)
     chance_r1 = 100 / 60
     v = res["val"]
     assert max(v["tr_r1"], v["itc_tr_r1"]) > 3 * chance_r1, v
@@ -115,8 +117,9 @@ def test_classification_beats_zero_shot(pm, stores, tmp_path):
 
 
 def test_nlvr2_trains(pm, stores, tmp_path):
-    res = run(pm, tmp_path, "nlvr2", "nlvr_train", "nlvr_heldout", 20, lr="2e-3", stores=stores)
-    # 60 held-out pairs, balanced labels (chance 50 %): 20 epochs reach 60 % here
+    res = run(pm, tmp_path, "nlvr2", "nlvr_train", "nlvr_heldout", 6, *GROUNDING_MODEL, lr="1e-3",
+              stores=stores)
+    # 200 held-out pairs, balanced labels (chance 50 %): 6 epochs on 1200 statements reach 60 % here
     assert res["val"]["acc"] > res["val"]["majority_acc"] + 5, res["val"]
 
 
