@@ -11,6 +11,7 @@ reference-x2vlm     ``(checkpoint, **kw) -> (X2VLM, ConversionReport)`` (officia
 reference-xvlm      same for X-VLM files (Swin vision encoders are refused)
 hf-bert-init        ``(bert_dir, model="x2vlm-base", **overrides) -> X2VLM`` (X²-VLM init rule)
 model-dir           ``(directory, **overrides) -> X2VLM`` (our save_pretrained format)
+xlmr-swap           ``(source, xlmr, **kw) -> (X2VLM, SwapReport)`` (the CCLM XLM-R swap)
 ==================  =================================================================
 """
 from __future__ import annotations
@@ -43,6 +44,11 @@ def model_dir(directory, **overrides):
     return from_pretrained(directory, **overrides)
 
 
+def xlmr_swap(source, xlmr, **kwargs):
+    from .xlmr_swap import swap_text_encoder
+    return swap_text_encoder(source, xlmr, **kwargs)
+
+
 @hookimpl
 def x2vlm_register_adapters(register):
     register("lora", lora, description="LoRA (peft) on chosen vision/text/fusion linear layers, "
@@ -58,3 +64,6 @@ def x2vlm_register_adapters(register):
                          "fusion layers (X²-VLM init rule)", kind="converter")
     register("model-dir", model_dir, description="our model directory (config.json + "
                                                  "model.safetensors)", kind="converter")
+    register("xlmr-swap", xlmr_swap,
+             description="English X2VLM -> multilingual: keep vision + fusion, XLM-R text "
+                         "encoder, width adapter and new MLM head (CCLM recipe)", kind="converter")

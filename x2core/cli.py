@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("x2core.commands.eval", "evaluate a fine-tuned head checkpoint on its eval stores"),
     "convert": ("x2core.commands.convert", "convert an official X²-VLM / X-VLM checkpoint into a model directory"),
     "bench": ("x2core.commands.bench", "measure train-step samples/s, peak memory and MFU"),
+    "swap-text": ("x2core.commands.swap_text", "swap an English model's text encoder for XLM-R (CCLM recipe)"),
+    "multilingual-eval": ("x2core.commands.multilingual_eval", "per-language image<->text retrieval R@1/5/10 (Multi30K style)"),
+    "multilingual-demo": ("x2core.commands.multilingual_demo", "the XLM-R swap recipe end to end on the synthetic en/de/zh captions"),
 }
 
 
