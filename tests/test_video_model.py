@@ -97,3 +97,14 @@ def test_a_table_of_another_width_is_still_refused(tmp_path):
     state["video_pooling.frame_pos_embed"] = torch.zeros(1, 3, 1, 32)
     with pytest.raises(CheckpointError, match="frame_pos_embed"):
         check_state_fits(m.state_dict(), state, source="file")
+
+
+def test_a_frame_count_beyond_the_table_is_a_config_error_naming_the_field():
+    from x2core.errors import ConfigError
+    from x2core.model_config import VideoConfig
+    from x2core.video_model import check_frame_count
+
+    check_frame_count(VideoConfig(max_frames=3), 3, "data.videos.num_frames")
+    check_frame_count(VideoConfig(max_frames=3, frame_pos_embed=False), 9, "data.videos.num_frames")
+    with pytest.raises(ConfigError, match=r"'data.videos.num_frames' \(4\).*max_frames = 3"):
+        check_frame_count(VideoConfig(max_frames=3), 4, "data.videos.num_frames")

@@ -102,10 +102,8 @@ class VideoTextDataset(Dataset):
 def build_video_stream(name: str, stream, model, cfg, reader, text: TextProcessor, *, train: bool = True):
     """The pretraining loop's video stream (``data.<name>.kind: video``): dataset, collate,
     samples per step. Checks the frame count against the model's frame table first."""
-    video_cfg = model.config.video
-    if video_cfg.frame_pos_embed and stream.num_frames > video_cfg.max_frames:
-        raise ConfigError(f"config field 'data.{name}.num_frames' ({stream.num_frames}) exceeds the "
-                          f"model's frame-position table (video.max_frames = {video_cfg.max_frames})")
+    from .video_model import check_frame_count
+    check_frame_count(model.config.video, stream.num_frames, f"data.{name}.num_frames")
     ds = VideoTextDataset(reader, text, image_res=model.config.vision.image_size,
                           num_frames=stream.num_frames, frame_sampler=stream.frame_sampler,
                           train=train, seed=cfg.seed, crop_scale=tuple(stream.crop_scale),

@@ -80,6 +80,14 @@ class VideoPooling(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+def check_frame_count(video_cfg: VideoConfig, num_frames: int, field: str) -> None:
+    """Fail before any data is read when ``num_frames`` exceeds the frame-position table."""
+    from .errors import ConfigError
+    if video_cfg.frame_pos_embed and num_frames > video_cfg.max_frames:
+        raise ConfigError(f"config field '{field}' ({num_frames}) exceeds the model's frame-position "
+                          f"table (video.max_frames = {video_cfg.max_frames})")
+
+
 def resize_frame_pos_embed(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The reference's rule when the frame count changes at fine-tune time: copy the first
     ``min(F_old, F_new)`` rows of ``value`` into ``target``; rows beyond keep ``target``'s."""

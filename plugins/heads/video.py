@@ -39,11 +39,10 @@ def _video_loader(head, num_frames: int, frame_sampler: str, crop_scale):
     from x2core.video_data import load_video_tensor
     from x2core.video_io import get_frame_sampler
 
+    from x2core.video_model import check_frame_count
+
     sampler = get_frame_sampler(frame_sampler)
-    video = head.model.config.video
-    if video.frame_pos_embed and num_frames > video.max_frames:
-        raise InputError(f"head '{head.name}': num_frames {num_frames} exceeds the model's "
-                         f"frame-position table (video.max_frames = {video.max_frames})")
+    check_frame_count(head.model.config.video, num_frames, "head_options.num_frames")
 
     def load(rec, where: str, *, train: bool, rng: random.Random | None):
         return load_video_tensor(rec, num_frames=num_frames, sampler=sampler,
