@@ -103,13 +103,16 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def save_pretrained(model, directory: str | os.PathLike, *, save_tokenizer: bool = True,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+                    extra: Mapping[str, Any] | None = None, new_parameters: Iterable[str] = ()) -> Path:
     """Write ``model`` (an :class:`x2core.model.X2VLM`) to ``directory``.
 
     Args:
         save_tokenizer: also write the text tokenizer to ``directory/tokenizer``.
         extra: JSON-serialisable facts stored under ``"extra"`` in config.json
             (e.g. where a converted checkpoint came from).
+        new_parameters: names of parameters that are initialised but not yet trained
+            (e.g. the XLM-R swap's new MLM head); a run with ``init_from`` this directory
+            treats them as new and gives them ``lr * optim.lr_mult``.
 
     Returns the directory. Files are written to temporary names and renamed.
     """
@@ -127,6 +130,9 @@ def save_pretrained(model, directory: str | os.PathLike, *, save_tokenizer: bool
               "model_config": _self_contained_config(model)}
     if extra:
         config["extra"] = dict(extra)
+    new_parameters = sorted(new_parameters)
+    if new_parameters:
+        config["new_parameters"] = new_parameters
     if not save_tokenizer:
         config["model_config"]["text"]["tokenizer"] = model.config.text.tokenizer
     _atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(
@@ -207,6 +213,16 @@ def read_model_config(directory: str | os.PathLike) -> dict:
     if isinstance(tok, str) and not os.path.isabs(tok) and (d / tok).exists():
         cfg["text"]["tokenizer"] = str(d / tok)
     return cfg
+
+
+def read_new_parameters(directory: str | os.PathLike) -> set[str]:
+    """The ``new_parameters`` a model directory records (see :func:`save_pretrained`)."""
+    f = Path(directory) / CONFIG_FILE
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return set()
+    return set(data.get("new_parameters") or ())
 
 
 def check_state_fits(model_state: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],

@@ -26,12 +26,10 @@ checkpoint goes through ``x2vlm convert`` first) build the multilingual model:
 * ``OUT/`` our model directory (``save_pretrained``: config naming the ``xlm-roberta``
   text encoder, ``model.safetensors``, ``tokenizer/``), loadable with ``from_pretrained``;
   ``config.json["extra"]["xlmr_swap"]`` records the report (kept / new / dropped);
-* ``OUT/init_from/model.safetensors``: every tensor EXCEPT the newly initialised ones.
-  The training loop treats parameters a ``init_from`` file does not provide as new and
-  gives them ``lr * optim.lr_mult`` (``x2core.train.loop.load_initial_weights``), so a
-  training config should use ``init_from: OUT/init_from`` with
-  ``model_overrides`` = the swapped config (:func:`training_overrides`). Those new
-  parameters are then initialised afresh by the training run (they were random anyway).
+  ``config.json["new_parameters"]`` lists the newly initialised tensors, which a training
+  run with ``init_from: OUT`` treats as new (``lr * optim.lr_mult``,
+  ``x2core.train.loop.load_initial_weights``); build that run's model with
+  ``model_overrides`` = the swapped config (:func:`training_overrides`).
 """
 from __future__ import annotations
 
@@ -46,14 +44,12 @@ import torch
 from x2core.errors import CheckpointError, ConfigError, InputError
 
 __all__ = ["SwapReport", "read_english_model", "swap_text_encoder", "save_swapped",
-           "swap_to_directory", "training_overrides", "xlmr_text_config", "KEPT_PREFIXES",
-           "INIT_DIR"]
+           "swap_to_directory", "training_overrides", "xlmr_text_config", "KEPT_PREFIXES"]
 
 # Tensors of the English model carried over bit-identically.
 KEPT_PREFIXES = ("vision_encoder.", "fusion_encoder.", "vision_proj.", "itm_head.", "bbox_head.",
                  "video_pooling.")
 KEPT_NAMES = ("temp",)
-INIT_DIR = "init_from"
 _HF_SIZE_NAMES = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
                   "hidden_dropout_prob": "dropout"}
 _TEXT_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -325,25 +321,11 @@ def swap_text_encoder(source: str | os.PathLike, xlmr: str | os.PathLike, *,
 
 
 def save_swapped(model, report: SwapReport, out: str | os.PathLike) -> Path:
-    """Write ``OUT/`` (our model directory) and ``OUT/init_from/`` (all but the new tensors)."""
-    from safetensors.torch import save_file
+    """Write ``OUT/``, our model directory, recording the new tensors as ``new_parameters``
+    (so ``init_from: OUT`` gives them ``lr * lr_mult``)."""
+    from x2adapters.model_dir import save_pretrained
 
-    from x2adapters.model_dir import _ALIAS_KEY, WEIGHTS_FILE, _atomic_write, _dedupe, save_pretrained
-
-    d = save_pretrained(model, out, extra={"xlmr_swap": report.to_dict()})
-    new = set(report.new)
-    tensors, aliases = _dedupe({k: v for k, v in model.state_dict().items() if k not in new})
-    aliases = {a: t for a, t in aliases.items() if t in tensors}
-    init = d / INIT_DIR
-    init.mkdir(exist_ok=True)
-    _atomic_write(init / WEIGHTS_FILE, lambda tmp: save_file(
-        tensors, tmp, metadata={"format": "pt", _ALIAS_KEY: json.dumps(aliases, sort_keys=True)}))
-    (init / "README.txt").write_text(
-        "Weights to start training from (init_from): every tensor of the swapped model except\n"
-        f"the {len(new)} newly initialised parameters, which the training loop therefore treats\n"
-        "as new (lr * optim.lr_mult) and initialises afresh. The full model is in the parent\n"
-        "directory (from_pretrained).\n")
-    return d
+    return save_pretrained(model, out, extra={"xlmr_swap": report.to_dict()}, new_parameters=report.new)
 
 
 def swap_to_directory(source, xlmr, out, **kwargs) -> SwapReport:
@@ -357,13 +339,13 @@ def training_overrides(out: str | os.PathLike) -> dict[str, Any]:
     """``{"model", "model_overrides", "init_from"}`` for a TrainConfig starting from ``OUT``.
 
     ``model_overrides`` is the whole swapped config (tokenizer path made absolute), so
-    the training model is built exactly as the swapped one; ``init_from`` is
-    ``OUT/init_from`` so the new parameters get ``lr_mult``.
+    the training model is built exactly as the swapped one; ``init_from`` is ``OUT``,
+    whose recorded ``new_parameters`` get ``lr_mult``.
     """
-    from x2adapters.model_dir import read_model_config
+    from x2adapters.model_dir import read_model_config, read_new_parameters
 
     d = Path(out)
     cfg = read_model_config(d)
-    if not (d / INIT_DIR).is_dir():
-        raise CheckpointError(f"'{d}' has no {INIT_DIR}/ (not written by the XLM-R swap)")
-    return {"model": "x2vlm-tiny", "model_overrides": cfg, "init_from": str((d / INIT_DIR).resolve())}
+    if not read_new_parameters(d):
+        raise CheckpointError(f"'{d}' records no new parameters (not written by the XLM-R swap)")
+    return {"model": "x2vlm-tiny", "model_overrides": cfg, "init_from": str(d.resolve())}

@@ -12,7 +12,7 @@ import transformers
 import x2core
 from x2adapters.model_dir import from_pretrained, load_model_weights, save_pretrained
 from x2adapters.width import WidthAdapter
-from x2adapters.xlmr_swap import (INIT_DIR, read_english_model, save_swapped, swap_text_encoder,
+from x2adapters.xlmr_swap import (read_english_model, save_swapped, swap_text_encoder,
                                   swap_to_directory, training_overrides)
 from x2core.errors import CheckpointError, ConfigError, InputError, X2Error
 from x2core.tokenizers import train_sentencepiece
@@ -197,7 +197,7 @@ def test_round_trip_and_init_from_leaves_out_new_parameters(swapped_dir, tmp_pat
     with torch.no_grad():
         assert torch.equal(model.encode_text(tok["text_ids"], tok["text_atts"]),
                            loaded.encode_text(tok["text_ids"], tok["text_atts"]))
-    # init_from/ lacks exactly the new parameters: the loop gives them lr * lr_mult
+    # the directory records exactly the new parameters: the loop gives them lr * lr_mult
     from x2core.factory import model_config_for
     from x2core.factory import build_model
     from x2core.train.config import OptimConfig
@@ -226,7 +226,8 @@ def test_cli_swap_and_multilingual_eval(english_dir, spm, synthetic_stores, tmp_
     rc = main(["swap-text", "--from", str(english_dir), "--xlmr", str(spm), "--out", str(out),
                "--xlmr-config", json.dumps({"hidden_size": 48, **XLMR_SIZES})])
     assert rc == 0
-    assert (out / INIT_DIR / "model.safetensors").is_file()
+    assert set(json.loads((out / "config.json").read_text())["new_parameters"]) == \
+        set(json.loads((out / "swap_report.json").read_text())["new"])
     assert json.loads((out / "swap_report.json").read_text())["width_adapter"] == [48, 64]
     raw = Path(synthetic_stores["raw"])
     store = tmp_path / "multi"

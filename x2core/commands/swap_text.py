@@ -10,10 +10,10 @@ when the XLM-R width differs from the fusion width; build a new MLM head for the
 vocabulary (the English text encoder and its MLM head are dropped). text_proj is kept
 when the XLM-R width equals the old text width, else newly initialised.
 
-Writes DIR/ (our model directory: from_pretrained, x2vlm multilingual-eval) and
-DIR/init_from/ (every tensor but the new ones: use it as init_from in a training config
-so that the new parameters get lr * optim.lr_mult; see configs/multilingual_*.yaml),
-plus DIR/swap_report.json (kept / loaded / new / dropped tensors).
+Writes DIR/ (our model directory: from_pretrained, x2vlm multilingual-eval; its
+config.json lists the new tensors, so init_from=DIR in a training config gives them
+lr * optim.lr_mult; see configs/multilingual_*.yaml), plus DIR/swap_report.json
+(kept / loaded / new / dropped tensors).
 
 --from takes our model directory or our training checkpoint; an official X²-VLM
 checkpoint goes through `x2vlm convert --from x2vlm CKPT --out DIR` first.
@@ -59,5 +59,5 @@ def run(args) -> int:
     out = save_swapped(model, report, Path(args.out))
     (out / "swap_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     print(report.summary())
-    print(f"wrote {out} (config.json, model.safetensors, tokenizer/, init_from/, swap_report.json)")
+    print(f"wrote {out} (config.json, model.safetensors, tokenizer/, swap_report.json)")
     return 0

@@ -119,9 +119,11 @@ def _full_state_dict(module: nn.Module, strategy: str) -> dict:
 def load_initial_weights(model: nn.Module, path: str) -> set[str]:
     """Load weights to start from; returns names the file did not provide (``lr_mult``)."""
     p = Path(path)
+    untrained: set[str] = set()
     if p.is_dir():
-        from x2adapters.model_dir import load_model_weights  # our save_pretrained format
+        from x2adapters.model_dir import load_model_weights, read_new_parameters  # save_pretrained
         state = load_model_weights(p)
+        untrained = read_new_parameters(p)  # initialised, never trained: lr_mult like missing ones
     else:
         payload = ckpt.load_checkpoint(p)
         state = payload.get("model", payload)
@@ -131,7 +133,7 @@ def load_initial_weights(model: nn.Module, path: str) -> set[str]:
     if shapes:
         raise CheckpointError(f"{path} does not fit the model: " + "; ".join(shapes[:10]))
     model.load_state_dict(state, strict=False)
-    return {k for k in own if k not in state}
+    return {k for k in own if k not in state or k in untrained}
 
 
 def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int | None = None) -> dict:
