@@ -175,3 +175,32 @@ def test_nan_guard_skips_then_aborts(tmp_path, synthetic_stores):
         train(cfg)
     rows = losses_by_step(tmp_path / "nan")
     assert any(r.get("train/skipped") == 1.0 for r in rows.values())
+
+
+def test_compile_option_trains_like_eager(tmp_path, synthetic_stores, monkeypatch):
+    """`compile: true` wraps the whole multi-stream step in torch.compile; traced with the
+    aot_eager backend (no code generation, CPU-fast) the losses follow the eager run."""
+    from x2core.train.config import load_train_config
+    from x2core.train.loop import train
+
+    real_compile = torch.compile
+    calls = []
+
+    def aot_eager_compile(module, **kwargs):
+        calls.append(type(module).__name__)
+        return real_compile(module, backend="aot_eager", fullgraph=True)
+
+    no_dropout = ['model_overrides={"text": {"dropout": 0.0}}', "steps=4"]
+    eager = load_train_config(str(write_config(tmp_path, synthetic_stores, "eager")), no_dropout)
+    train(eager)
+    monkeypatch.setattr(torch, "compile", aot_eager_compile)
+    torch._dynamo.reset()
+    compiled = load_train_config(str(write_config(tmp_path, synthetic_stores, "compiled")),
+                                 [*no_dropout, "compile=true"])
+    train(compiled)
+    assert calls == ["PretrainStep"]
+    want, got = losses_by_step(tmp_path / "eager"), losses_by_step(tmp_path / "compiled")
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+    for step, row in want.items():
+        for key, value in row.items():
+            assert got[step][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (step, key)

@@ -96,22 +96,24 @@ def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
     valid_t = w_t2i.sum(1) > 0
     valid_i = w_i2t.sum(1) > 0
     # multinomial refuses all-zero rows; give them a dummy weight and mark them -1.
-    w_t2i[~valid_t, 0] = 1
-    w_i2t[~valid_i, 0] = 1
+    # (torch.where rather than boolean indexing keeps shapes static for torch.compile.)
+    w_t2i[:, 0] = torch.where(valid_t, w_t2i[:, 0], 1.0)
+    w_i2t[:, 0] = torch.where(valid_i, w_i2t[:, 0], 1.0)
     neg_img = torch.multinomial(w_t2i, 1).squeeze(1)
     neg_txt = torch.multinomial(w_i2t, 1).squeeze(1)
-    neg_img[~valid_t] = -1
-    neg_txt[~valid_i] = -1
-    return neg_img, neg_txt
+    return torch.where(valid_t, neg_img, -1), torch.where(valid_i, neg_txt, -1)
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy at masked positions only: ``logits (B, M, V)``, ``labels (B, M)``
-    with -100 for padding. Zero (with a graph) when nothing is masked."""
-    if not (labels != -100).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                           ignore_index=-100)
+    with -100 for padding. Zero (with a graph) when nothing is masked.
+
+    Written as sum / max(count, 1) instead of branching on the count, so there is no
+    host sync and torch.compile keeps one graph; equal to the mean where count > 0."""
+    labels = labels.reshape(-1)
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels,
+                            ignore_index=-100, reduction="sum")
+    return total / (labels != -100).sum().clamp(min=1)
 
 
 def bbox_losses(pred: torch.Tensor, target: torch.Tensor,
@@ -125,8 +127,10 @@ def bbox_losses(pred: torch.Tensor, target: torch.Tensor,
     pred, target = pred.float(), target.float()
     l1 = F.l1_loss(pred, target, reduction="none").sum(1)
     p_xyxy, t_xyxy = box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target)
-    degenerate = (p_xyxy[:, 2:] < p_xyxy[:, :2]).any() or (t_xyxy[:, 2:] < t_xyxy[:, :2]).any()
-    giou = torch.zeros_like(l1) if degenerate else 1 - generalized_box_iou(p_xyxy, t_xyxy)
+    degenerate = (p_xyxy[:, 2:] < p_xyxy[:, :2]).any() | (t_xyxy[:, 2:] < t_xyxy[:, :2]).any()
+    # A tensor condition, not a Python `if`: no host sync, one compiled graph. GIoU is
+    # finite (and has finite gradients) for degenerate boxes too, see boxes._safe_div.
+    giou = torch.where(degenerate, 0.0, 1 - generalized_box_iou(p_xyxy, t_xyxy))
     keep = torch.ones_like(l1) if is_image is None else 1 - is_image.float()
     n = keep.sum().clamp(min=1)
     return (l1 * keep).sum() / n, (giou * keep).sum() / n

@@ -142,8 +142,9 @@ class X2VLM(nn.Module):
         if text_ids.dim() != 2 or text_ids.shape != text_atts.shape:
             raise InputError(f"text_ids {tuple(text_ids.shape)} and text_atts "
                              f"{tuple(text_atts.shape)} must both be (B, L)")
-        empty = (text_atts.sum(1) == 0).nonzero().flatten()
-        if len(empty):
+        # Eager only: under torch.compile this check would split the graph (see pool_regions).
+        if not torch.compiler.is_compiling() and bool((text_atts.sum(1) == 0).any()):
+            empty = (text_atts.sum(1) == 0).nonzero().flatten()
             raise InputError(f"text rows {empty.tolist()} are empty (attention mask all zero)")
         return self.text_encoder(text_ids, text_atts)
 
@@ -217,15 +218,18 @@ class X2VLM(nn.Module):
         """ITM cross-entropy on the positives plus one hard negative per text and per image
         (sampled from ITC similarity; rows sharing ``group`` are never negatives)."""
         neg_img, neg_txt = sample_hard_negatives(image_feat, text_feat, temp, group)
-        ti, ii = (neg_img >= 0).nonzero().flatten(), (neg_txt >= 0).nonzero().flatten()
-        # rows: positives | (text, hard-negative image) | (image, hard-negative text)
-        img_rows = torch.cat([torch.arange(len(neg_img), device=ti.device), neg_img[ti], ii])
-        txt_rows = torch.cat([torch.arange(len(neg_img), device=ti.device), ti, neg_txt[ii]])
+        # rows: positives | (text, hard-negative image) | (image, hard-negative text).
+        # Always 3B rows, so shapes never depend on the data (no host sync, one compiled
+        # graph): a row without a negative (-1) points at row 0 and is ignored by the loss.
+        n = len(neg_img)
+        rows = torch.arange(n, device=neg_img.device)
+        img_rows = torch.cat([rows, neg_img.clamp(min=0), rows])
+        txt_rows = torch.cat([rows, rows, neg_txt.clamp(min=0)])
         logits = self.itm_logits(image_embeds[img_rows], image_atts[img_rows],
                                  text_embeds[txt_rows], text_atts[txt_rows])
-        labels = torch.zeros(len(img_rows), dtype=torch.long, device=logits.device)
-        labels[:len(neg_img)] = 1
-        return F.cross_entropy(logits.float(), labels)
+        labels = torch.cat([torch.ones_like(rows),
+                            torch.where(neg_img >= 0, 0, -100), torch.where(neg_txt >= 0, 0, -100)])
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
 
     def _mlm_loss(self, image_embeds, image_atts, batch) -> torch.Tensor:
         for key in ("text_ids_masked", "masked_pos"):
