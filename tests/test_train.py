@@ -136,6 +136,52 @@ def test_ddp_two_ranks_on_gloo(tmp_path, synthetic_stores):
             assert losses["bbox"].item() == pytest.approx(logged["train/regions/bbox"], rel=0.1)
 
 
+def _torchrun(cfg_path, env, *extra):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "x2core", "pretrain", str(cfg_path), *extra],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_fsdp_two_ranks_follow_ddp_and_resume_exactly(tmp_path, synthetic_stores):
+    """strategy=fsdp (fully_shard on gloo): the same losses as DDP step for step, the same
+    final weights, and a SIGKILLed FSDP run resumes from its gathered checkpoint exactly."""
+    pytest.importorskip("torch.distributed.fsdp")
+    runs = {}
+    for name, strategy in (("ddp", "ddp"), ("fsdp", "fsdp"), ("fsdp_killed", "fsdp")):
+        runs[name] = write_config(tmp_path, synthetic_stores, name, steps=4, ckpt_every=2,
+                                  strategy=strategy)
+    for name in ("ddp", "fsdp"):
+        proc = _torchrun(runs[name], cli_env())
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    ddp, sharded = losses_by_step(tmp_path / "ddp"), losses_by_step(tmp_path / "fsdp")
+    assert sorted(ddp) == sorted(sharded) == [1, 2, 3, 4]
+    for step in ddp:
+        assert sharded[step].keys() == ddp[step].keys()
+        for key, value in ddp[step].items():
+            assert sharded[step][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (step, key)
+    final = "checkpoints/step_00000004.pt"
+    a = torch.load(tmp_path / "ddp" / final, weights_only=True)
+    b = torch.load(tmp_path / "fsdp" / final, weights_only=True)
+    assert b["strategy"] == "fsdp" and a["model"].keys() == b["model"].keys()
+    for key in a["model"]:  # gathered full tensors, not shards
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+
+    killed = _torchrun(runs["fsdp_killed"], cli_env(X2VLM_TEST_KILL_AT="3"))
+    assert killed.returncode != 0
+    assert not (tmp_path / "fsdp_killed" / "checkpoints" / "step_00000004.pt").exists()
+    resumed = _torchrun(runs["fsdp_killed"], cli_env(), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    got = losses_by_step(tmp_path / "fsdp_killed")
+    for step in range(1, 5):
+        assert got[step] == sharded[step], f"step {step} after the FSDP resume"
+
+    # A replicated checkpoint does not silently resume a sharded run (optimizer layouts differ).
+    mixed = write_config(tmp_path, synthetic_stores, "ddp", steps=6, strategy="fsdp")
+    refused = _torchrun(mixed, cli_env(), "--resume")
+    assert refused.returncode != 0
+    assert "replicated optimizer state" in refused.stderr and "fsdp" in refused.stderr
+
+
 def test_bad_configs_are_one_line_errors(tmp_path, synthetic_stores):
     cfg = write_config(tmp_path, synthetic_stores, "bad")
     env = cli_env()

@@ -45,8 +45,10 @@ def run(args) -> int:
 
     try:
         metrics = train(cfg, resume=args.resume, stop_after=args.stop_after)
-    finally:
-        teardown()
+    except BaseException:
+        teardown(failed=True)
+        raise
+    teardown()
     if metrics:
         shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         print("last step: " + "  ".join(f"{k}={v}" for k, v in sorted(shown.items())))

@@ -39,9 +39,13 @@ def setup() -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
-def teardown() -> None:
+def teardown(failed: bool = False) -> None:
+    """Leave the process group. After an error, skip the barrier: the other ranks may be
+    waiting in a collective this rank will never join, and torchrun stops them once this
+    process exits with the error."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -25,7 +25,7 @@ from ..errors import CheckpointError, X2Error
 from ..factory import model_config_for, build_model
 from ..plugin_manager import get_plugin_manager
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, fsdp
 from .config import TrainConfig
 from .logging import MetricsLogger
 from .optim import build_optimizer, build_scheduler
@@ -97,23 +97,10 @@ def _wrap(module: nn.Module, info: distributed.DistInfo, strategy: str, find_unu
     if not info.enabled:
         return module
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-        # Shard each transformer block, then the rest: parameters are gathered one
-        # block at a time, which is what lets the large model fit.
-        for sub in module.modules():
-            if type(sub).__name__ in ("Block", "FusionLayer", "BertLayer", "XLMRobertaLayer"):
-                fully_shard(sub)
-        return fully_shard(module)
+        return fsdp.shard(module)
     from torch.nn.parallel import DistributedDataParallel as DDP
     ids = [info.device.index] if info.device.type == "cuda" else None
     return DDP(module, device_ids=ids, find_unused_parameters=find_unused)
-
-
-def _full_state_dict(module: nn.Module, strategy: str) -> dict:
-    if strategy == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def load_initial_weights(model: nn.Module, path: str) -> set[str]:
@@ -147,10 +134,14 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
 
     info = distributed.setup()
     out_dir = Path(cfg.output_dir)
-    seed_everything(cfg.seed + info.rank)
+    # The same initial weights on every rank: DDP would broadcast rank 0's, but FSDP
+    # shards what each rank built, so different inits would mix into one model.
+    seed_everything(cfg.seed)
     pm = get_plugin_manager()
     model_cfg = model_config_for(cfg.model, **cfg.model_overrides)
     model = build_model(model_cfg).to(info.device)
+    if info.rank:  # then each rank its own stream for dropout, masking and negatives
+        seed_everything(cfg.seed + info.rank)
     new_params = load_initial_weights(model, cfg.init_from) if cfg.init_from else set()
     loader = build_streams(cfg, model, info)
     weights = {name: s.iter_perc for name, s in cfg.data.items()}
@@ -206,6 +197,8 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
             (losses["loss"] / cfg.grad_accum).backward()
             for k, v in losses.items():  # stays on the device: no sync per micro-step
                 parts[k] = parts.get(k, 0.0) + v.detach().double() / cfg.grad_accum
+        if strategy == "fsdp" and info.enabled:
+            fsdp.sync_replicated_grads(model)  # temp: FSDP leaves 0-dim parameters to us
         # One device->host copy per step for every logged loss.
         sums = dict(zip(parts, torch.stack(list(parts.values())).tolist()))
 
@@ -267,14 +260,22 @@ def _rows(batch: dict) -> int:
 def _save(state: TrainState, strategy: str) -> Path | None:
     """Gather everything needed to continue exactly; rank 0 writes it atomically."""
     info = state.dist
-    model_state = _full_state_dict(state.model, strategy)
+    sharded = strategy == "fsdp" and info.enabled
+    # Under FSDP every rank holds shards of both: gather them (collectives, every rank).
+    if sharded:
+        model_state = fsdp.full_model_state(state.model)
+        optim_state = fsdp.full_optimizer_state(state.model, state.optimizer)
+    else:
+        model_state = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
+        optim_state = state.optimizer.state_dict()
     rng = distributed.gather_objects(ckpt.rng_state(), info)
     loader_state = distributed.gather_objects(state.loader.state_dict(), info)
     if not info.is_main:
         return None
     payload = {
         "model": model_state,
-        "optimizer": state.optimizer.state_dict(),
+        "optimizer": optim_state,
+        "strategy": "fsdp" if sharded else "replicated",
         "scheduler": state.scheduler.state_dict(),
         "step": state.step,
         "rng": rng,
@@ -286,9 +287,19 @@ def _save(state: TrainState, strategy: str) -> Path | None:
 
 
 def _restore(state: TrainState, payload: dict, path: Path) -> None:
+    sharded = state.cfg.strategy == "fsdp" and state.dist.enabled
+    saved = payload.get("strategy", "replicated")
+    if saved != ("fsdp" if sharded else "replicated"):
+        raise CheckpointError(f"{path} holds a {saved} optimizer state; this run is "
+                              f"{'fsdp' if sharded else 'replicated (single process or DDP)'}. "
+                              "Resume with the strategy it was written with.")
+    # (Sharded parameters are DTensors whose .shape is the full shape: one check for both.)
     ckpt.check_state_compatible(state.model.state_dict(), payload["model"], source=str(path))
-    state.model.load_state_dict(payload["model"])
-    state.optimizer.load_state_dict(payload["optimizer"])
+    if sharded:
+        fsdp.load_full_state(state.model, state.optimizer, payload["model"], payload["optimizer"])
+    else:
+        state.model.load_state_dict(payload["model"])
+        state.optimizer.load_state_dict(payload["optimizer"])
     state.scheduler.load_state_dict(payload["scheduler"])
     state.step = int(payload["step"])
     rank = state.dist.rank
