@@ -147,3 +147,53 @@ def test_recipes_load():
     for path in recipes:
         cfg = load_finetune_config(str(path))
         assert cfg.head
+
+
+def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
+    """`torchrun --nproc_per_node 2 -m x2core finetune`: the ranks split every epoch, end
+    with identical weights, and rank 0 alone writes one checkpoint and the results, which
+    a single-process `x2vlm eval` of that checkpoint reproduces."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from x2core.finetune import build_head, evaluate, load_finetune_config
+    from x2core.factory import create_model
+    from x2core.plugin_manager import PluginManager
+    from x2core.store import LmdbReader
+
+    out = tmp_path / "ddp"
+    args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
+            "batch_size=16", "epochs=2", "optim.lr=1e-3", "progress=false", "log_every=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", X2VLM_TEST_DUMP_PARAMS="1",
+               X2VLM_PLUGINS="x2vlm_test_hooks",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),
+                                           os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "x2core", "finetune", *args,
+                           f"output_dir={out}"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("checkpoint:") == 1  # printed by rank 0 only
+
+    p0, p1 = torch.load(out / "params_rank0.pt"), torch.load(out / "params_rank1.pt")
+    assert p0.keys() == p1.keys()
+    for key in p0:
+        assert torch.equal(p0[key], p1[key]), f"ranks differ in {key}"
+    ckpts = list((out / "checkpoints").glob("step_*.pt"))
+    assert len(ckpts) == 1
+
+    # every step consumed 16 samples on each of the 2 ranks: half the single-process steps
+    pm = PluginManager(autoload=False)
+    head = build_head("vqa-cls", create_model("x2vlm-tiny"), {}, plugin_manager=pm)
+    n = len(head.build_dataset(LmdbReader(stores["vqa_train"]), train=True).dataset)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in json.loads(line)]
+    assert max(steps) == 2 * (n // 32)
+
+    written = json.loads((out / "metrics.json").read_text())["val"]
+    ev = evaluate(load_finetune_config(None, args + [f"output_dir={tmp_path / 'single'}"]),
+                  str(ckpts[0]), plugin_manager=pm)
+    assert ev["val"]["vqa_acc"] == pytest.approx(written["vqa_acc"])

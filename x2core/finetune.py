@@ -6,6 +6,12 @@ schedule of :mod:`x2core.train.optim`, grad clipping, bf16 autocast on CUDA), an
 evaluation after every epoch (or only at the end), ``metrics.json`` and
 ``predictions.json`` per evaluated split, an atomic checkpoint.
 
+Under ``torchrun --nproc_per_node N -m x2core finetune CONFIG`` the same function runs
+data-parallel: the head is wrapped in DDP, each rank reads its own shard of every epoch
+(``batch_size`` is per rank, as in the reference configs), logged losses are averaged
+over ranks, and rank 0 alone evaluates and writes metrics, predictions and checkpoints
+while the others wait.
+
 ``evaluate(cfg, checkpoint)``: rebuild model + head from a fine-tune checkpoint and
 write the same files.
 
@@ -101,6 +107,7 @@ class FinetuneState:
     loader: Any
     step: int = 0
     output_dir: Path = Path(".")
+    dist: Any = None  # x2core.train.distributed.DistInfo
 
 
 # --- building ----------------------------------------------------------------------------
@@ -177,15 +184,18 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
     from .factory import build_model, model_config_for
     from .plugin_manager import get_plugin_manager
     from .train import checkpoint as ckpt
+    from .train import distributed
     from .train.logging import MetricsLogger
     from .train.optim import build_optimizer, build_scheduler
 
     pm = plugin_manager or get_plugin_manager()
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    info = distributed.setup()  # one process unless launched by torchrun
+    seed_everything(cfg.seed)   # the same initial head on every rank
+    device = info.device if info.enabled else pick_device(cfg.device)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
     # 1. the core model, its starting weights, then the head built on top of them
     model = build_model(model_config_for(cfg.model, **cfg.model_overrides), plugin_manager=pm)
@@ -205,6 +215,8 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
                              | dict(init_payload["head"]), strict=False)
         head_state_loaded = set(init_payload["head"])
     head.to(device)
+    if info.rank:  # each rank its own stream for dropout and hard negatives
+        seed_everything(cfg.seed + info.rank)
 
     # 2. data: check the fields the head needs, then the loader
     train_store = _open_store(cfg.train) if cfg.train else None
@@ -213,12 +225,16 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
         check_store_fields(cfg.head, head.required_fields(True), train_store, split="train")
     for split, store in eval_stores.items():
         check_store_fields(cfg.head, head.required_fields(False), store, split=split)
-    steps_per_epoch, loader = 0, None
+    steps_per_epoch, loader, sampler = 0, None, None
     if train_store is not None:
         data: HeadData = head.build_dataset(train_store, train=True)
         g = torch.Generator().manual_seed(cfg.seed)
-        loader = torch.utils.data.DataLoader(data.dataset, batch_size=cfg.batch_size, shuffle=True,
-                                             drop_last=len(data.dataset) >= cfg.batch_size,
+        sampler = (torch.utils.data.DistributedSampler(
+            data.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+            seed=cfg.seed, drop_last=True) if info.enabled else None)
+        loader = torch.utils.data.DataLoader(data.dataset, batch_size=cfg.batch_size,
+                                             shuffle=sampler is None, sampler=sampler,
+                                             drop_last=len(data.dataset) >= cfg.batch_size * info.world_size,
                                              collate_fn=data.collate, num_workers=cfg.num_workers,
                                              generator=g)
         steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
@@ -226,6 +242,15 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
     epochs = cfg.epochs if cfg.steps is None else (math.ceil(total / steps_per_epoch) if total else 0)
     if loader is None:
         total = epochs = 0
+
+    # Wrapped only now: a head may add modules once it has seen its data (the VQA answer
+    # list sizes the classifier), and DDP syncs only parameters that exist when wrapping.
+    # Heads use part of the core (no MLM head in retrieval, no bbox head in VQA), so DDP
+    # must expect parameters without gradients.
+    head.to(device)
+    wrapped = (torch.nn.parallel.DistributedDataParallel(
+        head, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True) if info.enabled else head)
 
     # 3. optimizer (reference groups: no decay on 1-d params, lr_mult for new params)
     new_params = set()
@@ -235,32 +260,38 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
     optimizer = build_optimizer(_GroupView(head), cfg.optim, device, new_params)
     scheduler = build_scheduler(optimizer, max(1, total), cfg.schedule)
     autocast = _autocast(cfg.precision, device)
-    logger = MetricsLogger(str(out_dir), tensorboard=False)
-    state = FinetuneState(cfg, head, optimizer, scheduler, loader, output_dir=out_dir)
+    logger = MetricsLogger(str(out_dir), enabled=info.is_main, tensorboard=False)
+    state = FinetuneState(cfg, head, optimizer, scheduler, loader, output_dir=out_dir, dist=info)
+    pm.hook.x2vlm_train_start(state=state)
 
     # 4. the loop
     results: dict[str, Any] = {}
     step, last = 0, {}
     pbar = None
-    if cfg.progress and total:
+    if cfg.progress and total and info.is_main:
         from tqdm import tqdm
         pbar = tqdm(total=total, desc=f"finetune {cfg.head}", dynamic_ncols=True)
     for epoch in range(epochs):
         head.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a different shuffle every epoch, agreed by all ranks
         sums: dict[str, float] = {}
         micro = 0
         t0 = time.perf_counter()
         for batch in loader:
-            with autocast:
-                losses = head(move_to(batch, device))
+            micro += 1
+            # DDP all-reduces gradients only on the micro-step that completes an update
+            syncing = not info.enabled or micro % cfg.grad_accum == 0
+            with (contextlib.nullcontext() if syncing else wrapped.no_sync()), autocast:
+                losses = wrapped(move_to(batch, device))
             (losses["loss"] / cfg.grad_accum).backward()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-            micro += 1
             if micro % cfg.grad_accum:
                 continue
+            sums = distributed.mean_over_ranks(sums, info)
             grad_norm = torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.clip_grad)
-            if math.isfinite(sums["loss"]):
+            if distributed.all_ranks_agree(math.isfinite(sums["loss"]), info):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -283,17 +314,17 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
                 break
         is_last = epoch == epochs - 1 or step >= total
         if eval_stores and (cfg.eval_every_epoch or is_last):
-            results.update(_evaluate_all(state, eval_stores, out_dir, logger, pm, write=is_last))
+            results.update(_evaluate_on_main(state, eval_stores, out_dir, logger, pm, write=is_last))
         if step >= total:
             break
     if pbar is not None:
         pbar.close()
     if not epochs and eval_stores:  # steps=0: evaluate the starting point
-        results.update(_evaluate_all(state, eval_stores, out_dir, logger, pm, write=True))
+        results.update(_evaluate_on_main(state, eval_stores, out_dir, logger, pm, write=True))
     results["train"] = last
 
-    # 5. the checkpoint
-    if cfg.save_checkpoint:
+    # 5. the checkpoint (rank 0; the weights are the same on every rank)
+    if cfg.save_checkpoint and info.is_main:
         core_state, head_state = split_state(head)
         payload = {"model": core_state, "head": head_state, "head_name": cfg.head,
                    "head_options": options_dict(getattr(head, "options", cfg.head_options)),
@@ -303,8 +334,20 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
         path = ckpt.save_checkpoint(out_dir / "checkpoints", step, _jsonable_tensors(payload), keep_last=1)
         pm.hook.x2vlm_checkpoint_saved(state=state, step=step, path=str(path))
         results["checkpoint"] = str(path)
+    pm.hook.x2vlm_train_end(state=state, metrics=last)
     logger.close()
     return results
+
+
+def _evaluate_on_main(state: "FinetuneState", stores: dict, out_dir: Path, logger, pm, *,
+                      write: bool) -> dict:
+    """Evaluate on rank 0 while the other ranks wait (heads evaluate whole stores)."""
+    info = state.dist
+    out = _evaluate_all(state, stores, out_dir, logger, pm, write=write) \
+        if info is None or info.is_main else {}
+    if info is not None and info.enabled:
+        torch.distributed.barrier()
+    return out
 
 
 def _jsonable_tensors(payload: dict) -> dict:

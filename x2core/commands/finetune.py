@@ -28,6 +28,7 @@ def split_config_arg(args):
 
 def run(args) -> int:
     import json
+    import os
 
     from ..config import to_dict
     from ..finetune import finetune, load_finetune_config
@@ -37,7 +38,15 @@ def run(args) -> int:
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
-    results = finetune(cfg)
+    from ..train.distributed import teardown
+    try:
+        results = finetune(cfg)
+    except BaseException:
+        teardown(failed=True)
+        raise
+    teardown()
+    if int(os.environ.get("RANK", "0")):
+        return 0  # under torchrun rank 0 evaluates and prints
     for split, metrics in results.items():
         if split in ("train", "checkpoint") or not isinstance(metrics, dict):
             continue

@@ -35,7 +35,10 @@ def setup() -> DistInfo:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+        # Ranks wait in a collective while rank 0 evaluates a fine-tune or writes a
+        # checkpoint: allow for long evaluations (X2VLM_DIST_TIMEOUT_MIN, default 60).
+        minutes = float(os.environ.get("X2VLM_DIST_TIMEOUT_MIN", "60"))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
     return DistInfo(rank, world, local, device)
 
 
