@@ -115,7 +115,7 @@ def test_eval_checkpoint_roundtrip_and_init_from(stores, tmp_path):
     from x2core.plugin_manager import PluginManager
 
     pm = PluginManager(autoload=False)
-    base = [f"head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
+    base = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
             "batch_size=32", "progress=false", "optim.lr=1e-3"]
     res = finetune(load_finetune_config(None, base + ["epochs=2", f"output_dir={tmp_path / 'a'}"]),
                    plugin_manager=pm)

@@ -2,7 +2,6 @@
 videos, determinism, errors, and a third-party sampler found through X2VLM_PLUGINS."""
 from __future__ import annotations
 
-import math
 import pathlib
 import random
 

@@ -2,7 +2,6 @@
 chance baseline on held-out data; bad input names the field and the head."""
 from __future__ import annotations
 
-import os
 
 import pytest
 

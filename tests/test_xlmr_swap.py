@@ -12,9 +12,9 @@ import transformers
 import x2core
 from x2adapters.model_dir import from_pretrained, load_model_weights, save_pretrained
 from x2adapters.width import WidthAdapter
-from x2adapters.xlmr_swap import (read_english_model, save_swapped, swap_text_encoder,
+from x2adapters.xlmr_swap import (read_english_model, swap_text_encoder,
                                   swap_to_directory, training_overrides)
-from x2core.errors import CheckpointError, ConfigError, InputError, X2Error
+from x2core.errors import CheckpointError, ConfigError, InputError
 from x2core.tokenizers import train_sentencepiece
 
 CORPUS = ["a red circle on the left", "two blue squares at the top", "a green triangle",

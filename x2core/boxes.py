@@ -7,7 +7,6 @@ of an ``n x n`` grid, index 0 is the pooled "CLS" token (facts §2).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

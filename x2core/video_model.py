@@ -9,7 +9,6 @@ model begins as the avgpool one and a checkpoint trained without them loads unch
 """
 from __future__ import annotations
 
-from typing import Mapping
 
 import torch
 from torch import nn

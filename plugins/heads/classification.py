@@ -9,7 +9,7 @@ class name); classes from the option ``classes`` or the store metadata ``classes
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch

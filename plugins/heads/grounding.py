@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from x2core.boxes import box_cxcywh_to_xyxy, box_iou
-from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
-                          load_image, move_to, maybe_progress, text_processor)
+from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, image_res, load_image,
+                          text_processor)
 from x2core.losses import bbox_losses
 from x2core.metrics.boxes import iou_accuracy
 from x2core.transforms import box_to_target

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from x2core.errors import InputError
-from x2core.heads import HeadBase, HeadData, StoreDataset, collate, fusion_width, image_res, text_processor
+from x2core.heads import HeadBase, HeadData, StoreDataset, collate, image_res, text_processor
 from x2core.metrics.classification import accuracy
-from x2core.model import build_mlp
 
+from .answers import answer_index, build_answer_mlp
 from .retrieval import RetrievalHead, RetrievalOptions
 
 VIDEO_FIELD = "video|frames"
@@ -101,8 +101,7 @@ class VideoQaHead(HeadBase):
             self._make_head(len(self.answer_list) if self.answer_list else o.answer_list_size)
 
     def _make_head(self, n: int):
-        self.cls_head = build_mlp(fusion_width(self.model), n).to(self.device)
-        self.options.answer_list_size = n
+        self.cls_head = build_answer_mlp(self, n)
 
     def _ensure_answers(self, store):
         if self.answer_list is None:
@@ -115,10 +114,7 @@ class VideoQaHead(HeadBase):
             self.answer_list = list(answers)
         if self.cls_head is None:
             self._make_head(len(self.answer_list))
-        elif self.cls_head[-1].out_features != len(self.answer_list):
-            raise InputError(f"video-qa: the head has {self.cls_head[-1].out_features} answers, the "
-                             f"answer list {len(self.answer_list)}")
-        self._index = {a: i for i, a in enumerate(self.answer_list)}
+        self._index = answer_index(self.name, self.cls_head, self.answer_list)
 
     def build_dataset(self, store, *, train: bool) -> HeadData:
         self._ensure_answers(store)

@@ -28,10 +28,10 @@ from torch import nn
 
 from x2core.errors import InputError
 from x2core.fusion import FusionLayer
-from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, fusion_width,
+from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width,
                           image_res, load_image, text_processor)
 from x2core.metrics.vqa import annotators_from_weights, vqa_score
-from x2core.model import build_mlp
+from .answers import answer_index, build_answer_mlp
 
 
 @dataclass
@@ -242,20 +242,14 @@ class VqaClassificationHead(_VqaCommon):
             self._make_head(self.options.answer_list_size)
 
     def _make_head(self, n: int):
-        self.cls_head = build_mlp(fusion_width(self.model), n)
-        self.options.answer_list_size = n
-        dev = next(self.model.parameters()).device
-        self.cls_head.to(dev)
+        self.cls_head = build_answer_mlp(self, n)
 
     def _ensure_answers(self, store):
         if self.answer_list is None:
             self.answer_list = _load_answer_list(self.options.answer_list, store)
         if self.cls_head is None:
             self._make_head(len(self.answer_list))
-        elif self.cls_head[-1].out_features != len(self.answer_list):
-            raise InputError(f"vqa-cls: the head has {self.cls_head[-1].out_features} answers, the "
-                             f"answer list {len(self.answer_list)}")
-        self._index = {a: i for i, a in enumerate(self.answer_list)}
+        self._index = answer_index(self.name, self.cls_head, self.answer_list)
 
     def forward(self, batch):
         logits = self.cls_head(self._fused_question(batch)[:, 0]).float()
