@@ -22,3 +22,15 @@ def synthetic_stores(tmp_path_factory):
         pack(fmt, [str(raw / ann)], str(raw), str(root / name), progress=False)
         out[name] = str(root / name)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.gpu` tests skip cleanly where CUDA is absent (CI, laptops)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run on a GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
