@@ -197,3 +197,59 @@ def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
     ev = evaluate(load_finetune_config(None, args + [f"output_dir={tmp_path / 'single'}"]),
                   str(ckpts[0]), plugin_manager=pm)
     assert ev["val"]["vqa_acc"] == pytest.approx(written["vqa_acc"])
+
+
+def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path):
+    """A fine-tune killed (SIGKILL, no cleanup) in its third epoch resumes from the
+    checkpoint written after the second: every step's losses, the evaluation and the final
+    weights equal the uninterrupted run's."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
+            "batch_size=32", "epochs=3", "optim.lr=1e-3", "progress=false", "log_every=1",
+            "eval_every_epoch=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", X2VLM_PLUGINS="x2vlm_test_hooks",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),
+                                           os.environ.get("PYTHONPATH", "")]))
+
+    def run(name, *extra, **env_extra):
+        return subprocess.run([sys.executable, "-m", "x2core", "finetune", *args,
+                               f"output_dir={tmp_path / name}", *extra],
+                              env={**env, **env_extra}, capture_output=True, text=True, timeout=600)
+
+    def records(name):
+        out = {}
+        for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            out.setdefault(rec["step"], {}).update(
+                {k: v for k, v in rec.items() if k.startswith(("train/", "eval/"))
+                 and not k.endswith("steps_per_s")})
+        return out
+
+    full = run("full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    want = records("full")
+    per_epoch = max(want) // 3
+    assert per_epoch >= 2
+    killed = run("killed", X2VLM_TEST_KILL_AT=str(2 * per_epoch + 1))
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    ckpts = sorted((tmp_path / "killed" / "checkpoints").glob("step_*.pt"))
+    assert [c.name for c in ckpts] == [f"step_{2 * per_epoch:08d}.pt"]  # the last epoch's only
+    resumed = run("killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = records("killed")
+    assert sorted(got) == sorted(want)
+    for step in want:
+        assert got[step] == want[step], f"step {step}"
+    a = torch.load(tmp_path / "full" / "checkpoints" / f"step_{3 * per_epoch:08d}.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "checkpoints" / f"step_{3 * per_epoch:08d}.pt", weights_only=True)
+    for part in ("model", "head"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    assert json.loads((tmp_path / "killed" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "full" / "metrics.json").read_text())

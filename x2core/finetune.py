@@ -67,6 +67,7 @@ class FinetuneConfig:
     eval_every_epoch: bool = True
     log_every: int = 10
     save_checkpoint: bool = True
+    save_every_epoch: bool = True                   # a resumable checkpoint after each epoch
     progress: bool = True
 
     def validate(self, path: str = "") -> None:
@@ -179,8 +180,13 @@ def _open_store(path: str):
 
 # --- fine-tuning -----------------------------------------------------------------------------
 
-def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
-    """Fine-tune ``cfg.head`` and evaluate; returns ``{"train": last metrics, split: metrics}``."""
+def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | None = None) -> dict:
+    """Fine-tune ``cfg.head`` and evaluate; returns ``{"train": last metrics, split: metrics}``.
+
+    ``resume``: a checkpoint of this run (or True for the latest in ``output_dir``); the
+    run continues after the epoch it ends with, exactly as if it had not stopped (weights,
+    optimizer, schedule, every rank's RNG and the shuffle order are restored).
+    """
     from .factory import build_model, model_config_for
     from .plugin_manager import get_plugin_manager
     from .train import checkpoint as ckpt
@@ -225,7 +231,7 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
         check_store_fields(cfg.head, head.required_fields(True), train_store, split="train")
     for split, store in eval_stores.items():
         check_store_fields(cfg.head, head.required_fields(False), store, split=split)
-    steps_per_epoch, loader, sampler = 0, None, None
+    steps_per_epoch, loader, sampler, g = 0, None, None, None
     if train_store is not None:
         data: HeadData = head.build_dataset(train_store, train=True)
         g = torch.Generator().manual_seed(cfg.seed)
@@ -262,16 +268,19 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
     autocast = _autocast(cfg.precision, device)
     logger = MetricsLogger(str(out_dir), enabled=info.is_main, tensorboard=False)
     state = FinetuneState(cfg, head, optimizer, scheduler, loader, output_dir=out_dir, dist=info)
+    start_epoch = 0
+    if resume:
+        start_epoch = _restore(state, cfg, resume, loader_generator=g)
     pm.hook.x2vlm_train_start(state=state)
 
     # 4. the loop
     results: dict[str, Any] = {}
-    step, last = 0, {}
+    step, last = state.step, {}
     pbar = None
     if cfg.progress and total and info.is_main:
         from tqdm import tqdm
-        pbar = tqdm(total=total, desc=f"finetune {cfg.head}", dynamic_ncols=True)
-    for epoch in range(epochs):
+        pbar = tqdm(total=total, initial=step, desc=f"finetune {cfg.head}", dynamic_ncols=True)
+    for epoch in range(start_epoch, epochs):
         head.train()
         if sampler is not None:
             sampler.set_epoch(epoch)  # a different shuffle every epoch, agreed by all ranks
@@ -315,28 +324,88 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None) -> dict:
         is_last = epoch == epochs - 1 or step >= total
         if eval_stores and (cfg.eval_every_epoch or is_last):
             results.update(_evaluate_on_main(state, eval_stores, out_dir, logger, pm, write=is_last))
+        # 5. the checkpoint, after every epoch or only the last (rank 0 writes)
+        if cfg.save_checkpoint and (cfg.save_every_epoch or is_last):
+            path = _save(state, cfg, epoch + 1, results, g, pm)
+            if path is not None:
+                results["checkpoint"] = str(path)
         if step >= total:
             break
     if pbar is not None:
         pbar.close()
     if not epochs and eval_stores:  # steps=0: evaluate the starting point
         results.update(_evaluate_on_main(state, eval_stores, out_dir, logger, pm, write=True))
+    if cfg.save_checkpoint and not epochs:
+        path = _save(state, cfg, 0, results, None, pm)
+        if path is not None:
+            results["checkpoint"] = str(path)
     results["train"] = last
-
-    # 5. the checkpoint (rank 0; the weights are the same on every rank)
-    if cfg.save_checkpoint and info.is_main:
-        core_state, head_state = split_state(head)
-        payload = {"model": core_state, "head": head_state, "head_name": cfg.head,
-                   "head_options": options_dict(getattr(head, "options", cfg.head_options)),
-                   "model_config": to_dict(model.config), "config": to_dict(cfg),
-                   "step": step, "epoch": epochs,
-                   "metrics": {s: m for s, m in results.items() if s != "train"}}
-        path = ckpt.save_checkpoint(out_dir / "checkpoints", step, _jsonable_tensors(payload), keep_last=1)
-        pm.hook.x2vlm_checkpoint_saved(state=state, step=step, path=str(path))
-        results["checkpoint"] = str(path)
     pm.hook.x2vlm_train_end(state=state, metrics=last)
     logger.close()
     return results
+
+
+def _save(state: FinetuneState, cfg: FinetuneConfig, epochs_done: int, results: dict,
+          loader_generator, pm) -> Path | None:
+    """An atomic checkpoint on rank 0: the weights for `x2vlm eval` / ``init_from`` and,
+    for ``--resume``, the optimizer, schedule, each rank's RNG and the shuffle state."""
+    from .train import checkpoint as ckpt
+    from .train import distributed
+
+    info = state.dist
+    rng = ckpt.rng_state()
+    if loader_generator is not None:
+        rng["loader"] = loader_generator.get_state()
+    rngs = distributed.gather_objects(rng, info) if info is not None else [rng]
+    if info is not None and not info.is_main:
+        return None
+    head = state.model
+    core_state, head_state = split_state(head)
+    payload = {"model": core_state, "head": head_state, "head_name": cfg.head,
+               "head_options": options_dict(getattr(head, "options", cfg.head_options)),
+               "model_config": to_dict(head.model.config), "config": to_dict(cfg),
+               "step": state.step, "epoch": epochs_done,
+               "metrics": {s: m for s, m in results.items() if s not in ("train", "checkpoint")},
+               "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+               "rng": rngs}
+    path = ckpt.save_checkpoint(state.output_dir / "checkpoints", state.step,
+                                _jsonable_tensors(payload), keep_last=1)
+    pm.hook.x2vlm_checkpoint_saved(state=state, step=state.step, path=str(path))
+    return path
+
+
+def _restore(state: FinetuneState, cfg: FinetuneConfig, resume, *, loader_generator) -> int:
+    """Load a checkpoint written by :func:`_save`; returns the number of finished epochs."""
+    from .train import checkpoint as ckpt
+
+    out = state.output_dir / "checkpoints"
+    path = ckpt.latest_checkpoint(out) if resume is True else Path(resume)
+    if path is None:
+        raise CheckpointError(f"--resume: no checkpoint in {out}")
+    payload = ckpt.load_checkpoint(path)
+    for key in ("optimizer", "scheduler", "rng", "epoch"):
+        if key not in payload:
+            raise CheckpointError(f"{path} cannot be resumed: it has no '{key}' (written before "
+                                  "resumable fine-tune checkpoints, or not by `x2vlm finetune`)")
+    if payload.get("head_name") != cfg.head:
+        raise CheckpointError(f"{path} holds head '{payload.get('head_name')}', the config asks "
+                              f"for '{cfg.head}'")
+    info = state.dist
+    if len(payload["rng"]) != info.world_size:
+        raise CheckpointError(f"{path} was written by {len(payload['rng'])} ranks; this run has "
+                              f"{info.world_size}. Resume with the same number of processes.")
+    head = state.model
+    full = {f"model.{k}": v for k, v in payload["model"].items()} | dict(payload["head"])
+    ckpt.check_state_compatible(head.state_dict(), full, source=str(path))
+    head.load_state_dict(full)
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scheduler.load_state_dict(payload["scheduler"])
+    state.step = int(payload["step"])
+    rng = payload["rng"][info.rank]
+    ckpt.set_rng_state(rng)
+    if loader_generator is not None and "loader" in rng:
+        loader_generator.set_state(rng["loader"])
+    return int(payload["epoch"])
 
 
 def _evaluate_on_main(state: "FinetuneState", stores: dict, out_dir: Path, logger, pm, *,
@@ -350,10 +419,13 @@ def _evaluate_on_main(state: "FinetuneState", stores: dict, out_dir: Path, logge
     return out
 
 
+_TENSOR_KEYS = ("model", "head", "optimizer", "scheduler", "rng")
+
+
 def _jsonable_tensors(payload: dict) -> dict:
     """weights_only loading accepts plain containers; make sure metric values are floats."""
-    return json.loads(json.dumps({k: v for k, v in payload.items() if k not in ("model", "head")})) \
-        | {"model": payload["model"], "head": payload["head"]}
+    plain = {k: v for k, v in payload.items() if k not in _TENSOR_KEYS}
+    return json.loads(json.dumps(plain)) | {k: payload[k] for k in _TENSOR_KEYS if k in payload}
 
 
 def _evaluate_all(state: "FinetuneState", stores: dict, out_dir: Path, logger, pm, *,

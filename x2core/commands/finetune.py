@@ -13,6 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotlist overrides, e.g. train=/data/coco_train epochs=1 "
                              "head_options.k_test=16")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                        help="continue a stopped run from CKPT, or from the latest checkpoint in "
+                             "output_dir (fine-tune checkpoints are written after every epoch)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the merged, validated config and exit")
 
@@ -34,13 +37,16 @@ def run(args) -> int:
     from ..finetune import finetune, load_finetune_config
 
     config, overrides = split_config_arg(args)
+    if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):
+        overrides.insert(0, args.resume)  # `--resume key=value`: the value was an override
+        args.resume = True
     cfg = load_finetune_config(config, overrides)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     from ..train.distributed import teardown
     try:
-        results = finetune(cfg)
+        results = finetune(cfg, resume=args.resume)
     except BaseException:
         teardown(failed=True)
         raise
