@@ -106,3 +106,19 @@ def test_a_degenerate_box_zeroes_the_batch_giou_without_nan_gradients():
     assert giou.item() == 0.0
     (l1 + giou).backward()
     assert torch.isfinite(pred.grad).all()
+
+
+def test_itc_keeps_large_image_ids_distinct_under_bf16_autocast():
+    """COCO-size ids (> 256) must not round together in bf16: four distinct ids give the
+    same loss as one positive per row (idx=None)."""
+    from x2core.losses import itc_loss
+
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    temp = torch.tensor(0.07)
+    ids = torch.tensor([100001, 100002, 100003, 100004])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with_ids = itc_loss(img, txt, temp, ids)
+        without = itc_loss(img, txt, temp, None)
+    torch.testing.assert_close(with_ids.float(), without.float(), rtol=1e-2, atol=1e-2)

@@ -199,10 +199,12 @@ def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
     assert ev["val"]["vqa_acc"] == pytest.approx(written["vqa_acc"])
 
 
-def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path):
+@pytest.mark.parametrize("grad_accum,batch_size", [(1, 32), (2, 24)], ids=["accum1", "accum2-odd"])
+def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path, grad_accum, batch_size):
     """A fine-tune killed (SIGKILL, no cleanup) in its third epoch resumes from the
     checkpoint written after the second: every step's losses, the evaluation and the final
-    weights equal the uninterrupted run's."""
+    weights equal the uninterrupted run's. With grad_accum=2 over 37 batches per epoch the
+    odd batch is skipped, so no partial accumulation crosses the checkpoint."""
     import os
     import subprocess
     import sys
@@ -211,8 +213,8 @@ def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path):
     import torch
 
     args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
-            "batch_size=32", "epochs=3", "optim.lr=1e-3", "progress=false", "log_every=1",
-            "eval_every_epoch=false"]
+            f"batch_size={batch_size}", f"grad_accum={grad_accum}", "epochs=3", "optim.lr=1e-3",
+            "progress=false", "log_every=1", "eval_every_epoch=false"]
     env = dict(os.environ, OMP_NUM_THREADS="1", X2VLM_PLUGINS="x2vlm_test_hooks",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),
                                            os.environ.get("PYTHONPATH", "")]))
@@ -253,3 +255,32 @@ def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path):
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
     assert json.loads((tmp_path / "killed" / "metrics.json").read_text()) == \
         json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["cfg.yaml", "epochs=2"], ("cfg.yaml", ["epochs=2"], None)),
+    (["--resume", "cfg.yaml", "epochs=2"], ("cfg.yaml", ["epochs=2"], True)),
+    (["cfg.yaml", "--resume", "epochs=2"], ("cfg.yaml", ["epochs=2"], True)),
+    (["head=vqa", "epochs=2"], (None, ["head=vqa", "epochs=2"], None)),
+])
+def test_resume_flag_and_positional_arguments(argv, want):
+    """`--resume` takes an optional CKPT, so argparse may hand it the config or an override."""
+    import argparse
+
+    from x2core.commands.finetune import add_arguments, split_config_arg
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert split_config_arg(parser.parse_args(argv)) == want
+
+
+def test_grad_accum_beyond_the_epoch_is_a_config_error(stores, tmp_path):
+    from x2core.errors import ConfigError
+    from x2core.finetune import finetune, load_finetune_config
+    from x2core.plugin_manager import PluginManager
+
+    cfg = load_finetune_config(None, ["head=vqa-cls", f"train={stores['vqa_train']}",
+                                      "batch_size=32", "grad_accum=1000", "progress=false",
+                                      f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="grad_accum=1000 needs at least"):
+        finetune(cfg, plugin_manager=PluginManager(autoload=False))

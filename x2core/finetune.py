@@ -243,7 +243,11 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
                                              drop_last=len(data.dataset) >= cfg.batch_size * info.world_size,
                                              collate_fn=data.collate, num_workers=cfg.num_workers,
                                              generator=g)
-        steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
+        if len(loader) < cfg.grad_accum:
+            raise ConfigError(f"grad_accum={cfg.grad_accum} needs at least that many batches per "
+                              f"epoch; {cfg.train} gives {len(loader)} of batch_size={cfg.batch_size}"
+                              + (f" per rank ({info.world_size} ranks)" if info.enabled else ""))
+        steps_per_epoch = len(loader) // cfg.grad_accum
     total = cfg.steps if cfg.steps is not None else steps_per_epoch * cfg.epochs
     epochs = cfg.epochs if cfg.steps is None else (math.ceil(total / steps_per_epoch) if total else 0)
     if loader is None:
@@ -272,6 +276,9 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
     if resume:
         start_epoch = _restore(state, cfg, resume, loader_generator=g)
     pm.hook.x2vlm_train_start(state=state)
+    if resume and start_epoch >= epochs and info.is_main:
+        print(f"x2vlm finetune: nothing to resume, the checkpoint has finished {start_epoch} of "
+              f"{epochs} epochs (raise epochs= to train on)")
 
     # 4. the loop
     results: dict[str, Any] = {}
@@ -289,6 +296,10 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
         t0 = time.perf_counter()
         for batch in loader:
             micro += 1
+            # Batches past the last full accumulation are skipped, not carried into the next
+            # epoch's first update: every epoch is self-contained, so --resume is exact.
+            if micro > steps_per_epoch * cfg.grad_accum:
+                break
             # DDP all-reduces gradients only on the micro-step that completes an update
             syncing = not info.enabled or micro % cfg.grad_accum == 0
             with (contextlib.nullcontext() if syncing else wrapped.no_sync()), autocast:
@@ -411,11 +422,12 @@ def _restore(state: FinetuneState, cfg: FinetuneConfig, resume, *, loader_genera
 def _evaluate_on_main(state: "FinetuneState", stores: dict, out_dir: Path, logger, pm, *,
                       write: bool) -> dict:
     """Evaluate on rank 0 while the other ranks wait (heads evaluate whole stores)."""
+    from .train import distributed
     info = state.dist
     out = _evaluate_all(state, stores, out_dir, logger, pm, write=write) \
         if info is None or info.is_main else {}
     if info is not None and info.enabled:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=distributed.wait_group(info))
     return out
 
 
@@ -432,9 +444,10 @@ def _evaluate_all(state: "FinetuneState", stores: dict, out_dir: Path, logger, p
                   write: bool) -> dict:
     head, cfg, step = state.model, state.cfg, state.step
     head.eval()
+    device = next(head.parameters()).device  # where it runs (a rank's GPU under torchrun)
     out = {}
     for split, store in stores.items():
-        with torch.no_grad(), _autocast(cfg.precision, pick_device(cfg.device)):
+        with torch.no_grad(), _autocast(cfg.precision, device):
             res: EvalResult = head.evaluate(store, batch_size=cfg.eval_batch_size,
                                             progress=cfg.progress)
         metrics = {k: float(v) for k, v in res.metrics.items()}

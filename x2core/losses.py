@@ -45,6 +45,21 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return x if world == 1 else _GatherWithGrad.apply(x)
 
 
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` integer ids of every rank -> ``(world * B,)`` int64, no gradient.
+
+    Ids stay integers: cast to the logits' dtype under bf16 autocast, ids above 256 would
+    round together (COCO image ids 100001..100004 all become 99840) and distinct images
+    would count as positives of each other."""
+    ids = ids.reshape(-1).long()
+    _, world = _world()
+    if world == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
 def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
              idx: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over the batch of every rank.
@@ -61,7 +76,7 @@ def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tens
     if idx is None:
         labels = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-    idx_all = gather_with_grad(idx.view(-1, 1).to(logits.dtype)).view(-1)
+    idx_all = gather_ids(idx)
     pos = (idx_all.view(-1, 1) == idx_all.view(1, -1)).to(logits.dtype)
     targets = pos / pos.sum(1, keepdim=True)
     loss_i2t = -(F.log_softmax(logits, 1) * targets).sum(1).mean()

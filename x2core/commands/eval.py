@@ -19,7 +19,7 @@ def run(args) -> int:
     from ..finetune import evaluate, load_finetune_config
     from .finetune import split_config_arg
 
-    config, overrides = split_config_arg(args)
+    config, overrides, _ = split_config_arg(args)
     base = {}
     if not config and not any(o.startswith("head=") for o in overrides):
         from ..train.checkpoint import load_checkpoint

@@ -21,12 +21,24 @@ def add_arguments(parser) -> None:
 
 
 def split_config_arg(args):
+    """``(config path or None, overrides, resume)`` from the positional arguments, undoing
+    argparse's guesses: ``x2vlm finetune key=value ...`` has no file, ``--resume key=value``
+    took an override, and ``--resume cfg.yaml`` (flag first) took the config."""
+    import os
+
     overrides = list(args.overrides)
     config = args.config
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str) and not os.path.exists(resume):
+        if "=" in resume:
+            overrides.insert(0, resume)
+            resume = True
     if config and "=" in config and not config.endswith((".yaml", ".yml")):
         overrides.insert(0, config)
         config = None
-    return config, overrides
+    if isinstance(resume, str) and resume.endswith((".yaml", ".yml")) and config is None:
+        config, resume = resume, True
+    return config, overrides, resume
 
 
 def run(args) -> int:
@@ -36,17 +48,14 @@ def run(args) -> int:
     from ..config import to_dict
     from ..finetune import finetune, load_finetune_config
 
-    config, overrides = split_config_arg(args)
-    if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):
-        overrides.insert(0, args.resume)  # `--resume key=value`: the value was an override
-        args.resume = True
+    config, overrides, resume = split_config_arg(args)
     cfg = load_finetune_config(config, overrides)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))
         return 0
     from ..train.distributed import teardown
     try:
-        results = finetune(cfg, resume=args.resume)
+        results = finetune(cfg, resume=resume)
     except BaseException:
         teardown(failed=True)
         raise

@@ -25,17 +25,9 @@ def run(args) -> int:
 
     from ..config import to_dict
     from ..train.config import load_train_config
+    from .finetune import split_config_arg
 
-    import os
-
-    overrides = list(args.overrides)
-    if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):
-        overrides.insert(0, args.resume)  # `--resume key=value`: the value was an override
-        args.resume = True
-    config = args.config
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
-        overrides.insert(0, config)  # `x2vlm pretrain steps=10 ...` without a file
-        config = None
+    config, overrides, args.resume = split_config_arg(args)
     cfg = load_train_config(config, overrides)
     if args.print_config:
         print(json.dumps(to_dict(cfg), indent=2))

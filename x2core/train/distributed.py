@@ -35,9 +35,9 @@ def setup() -> DistInfo:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        # Ranks wait in a collective while rank 0 evaluates a fine-tune or writes a
-        # checkpoint: allow for long evaluations (X2VLM_DIST_TIMEOUT_MIN, default 60).
-        minutes = float(os.environ.get("X2VLM_DIST_TIMEOUT_MIN", "60"))
+        # A hang surfaces after this long (X2VLM_DIST_TIMEOUT_MIN); the long, legitimate
+        # wait for rank 0's evaluation uses its own group, see wait_for_main.
+        minutes = float(os.environ.get("X2VLM_DIST_TIMEOUT_MIN", "30"))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=minutes))
     return DistInfo(rank, world, local, device)
 
@@ -50,6 +50,23 @@ def teardown(failed: bool = False) -> None:
         if not failed:
             dist.barrier()
         dist.destroy_process_group()
+    global _WAIT_GROUP
+    _WAIT_GROUP = None
+
+
+_WAIT_GROUP = None
+
+
+def wait_group(info: DistInfo):
+    """A CPU (gloo) group with a long timeout (X2VLM_EVAL_WAIT_MIN, default 12 h) for ranks
+    that wait while rank 0 evaluates a whole store: an evaluation may take longer than the
+    main group's timeout, which should stay short enough to catch real hangs. Collective:
+    the first call must happen on every rank."""
+    global _WAIT_GROUP
+    if _WAIT_GROUP is None and info.enabled:
+        minutes = float(os.environ.get("X2VLM_EVAL_WAIT_MIN", "720"))
+        _WAIT_GROUP = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=minutes))
+    return _WAIT_GROUP
 
 
 def all_ranks_agree(flag: bool, info: DistInfo) -> bool:

@@ -29,13 +29,14 @@ def shard(module: nn.Module) -> nn.Module:
     """Apply ``fully_shard`` to each layer of every ModuleList, then to ``module``."""
     from torch.distributed.fsdp import fully_shard
 
-    ignored = set(replicated_parameters(module))
-    for sub in module.modules():
+    ignored = set(replicated_parameters(module)) or None
+    # Innermost lists first (reverse pre-order): fully_shard wants children before parents.
+    for sub in reversed(list(module.modules())):
         if isinstance(sub, nn.ModuleList):
             for layer in sub:
-                if any(True for _ in layer.parameters()):
-                    fully_shard(layer)
-    return fully_shard(module, ignored_params=ignored or None)
+                if any(p.dim() > 0 for p in layer.parameters()):
+                    fully_shard(layer, ignored_params=ignored)
+    return fully_shard(module, ignored_params=ignored)
 
 
 @torch.no_grad()
