@@ -284,3 +284,50 @@ def test_grad_accum_beyond_the_epoch_is_a_config_error(stores, tmp_path):
                                       f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="grad_accum=1000 needs at least"):
         finetune(cfg, plugin_manager=PluginManager(autoload=False))
+
+
+def test_data_parallel_finetune_resumes_exactly(stores, tmp_path):
+    """torchrun, 2 ranks: a run killed in its second epoch resumes (each rank its own RNG,
+    the sampler's epoch) to the uninterrupted run's losses; one process refuses it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["head=vqa-cls", f"train={stores['vqa_train']}", "batch_size=16", "epochs=2",
+            "optim.lr=1e-3", "progress=false", "log_every=1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", X2VLM_PLUGINS="x2vlm_test_hooks",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),
+                                           os.environ.get("PYTHONPATH", "")]))
+
+    def torchrun(name, *extra, **env_extra):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc_per_node", "2", "-m", "x2core", "finetune", *args,
+                               f"output_dir={tmp_path / name}", *extra],
+                              env={**env, **env_extra}, capture_output=True, text=True, timeout=600)
+
+    def losses(name):
+        out = {}
+        for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            out[rec["step"]] = {k: v for k, v in rec.items()
+                                if k.startswith("train/") and not k.endswith("steps_per_s")}
+        return out
+
+    full = torchrun("full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    want = losses("full")
+    per_epoch = max(want) // 2
+    killed = torchrun("killed", X2VLM_TEST_KILL_AT=str(per_epoch + 1))
+    assert killed.returncode != 0
+    resumed = torchrun("killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses("killed") == want
+
+    from x2core.errors import CheckpointError
+    from x2core.finetune import finetune, load_finetune_config
+    from x2core.plugin_manager import PluginManager
+
+    single = load_finetune_config(None, args + [f"output_dir={tmp_path / 'killed'}"])
+    with pytest.raises(CheckpointError, match="written by 2 ranks"):
+        finetune(single, plugin_manager=PluginManager(autoload=False), resume=True)
