@@ -4,6 +4,18 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread is faster and immune to a busy machine. Modules
+    opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def synthetic_stores(tmp_path_factory):
     """``{"images", "regions", "heldout_retrieval", "heldout_grounding", "raw"}`` paths."""

@@ -14,13 +14,7 @@ from x2core.errors import CheckpointError
 TEXTS = ["a red circle", "a blue square on the left", "two yellow circles"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 def outputs(model, seed=0):

@@ -24,12 +24,7 @@ XLMR_SIZES = {"num_layers": 2, "num_heads": 2, "intermediate_size": 96, "max_pos
 KEPT = ("vision_encoder.", "fusion_encoder.", "vision_proj.", "itm_head.", "bbox_head.", "video_pooling.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")

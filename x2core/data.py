@@ -91,6 +91,15 @@ class _RecordContext:
         return InputError(f"{self.where}, field '{field}': {message}")
 
 
+def _encode_text(text: TextProcessor, caption: str, rng: random.Random, ctx: _RecordContext,
+                 field: str = "texts") -> dict:
+    """Tokenise (and mask) a caption; a tokenizer error names the record and field."""
+    try:
+        return text(caption, rng=rng)
+    except InputError as exc:
+        raise ctx.error(field, str(exc)) from exc
+
+
 def _choose_caption(texts: Mapping | None, langs: Sequence[str] | None, rng: random.Random,
                     ctx: _RecordContext, field: str) -> str:
     """A random language among those wanted and present, then a random caption."""
@@ -177,10 +186,7 @@ class ImageTextDataset(Dataset):
                 image = eval_image_transform(data, self.image_res, draft=self.jpeg_draft)
         except InputError as exc:
             raise ctx.error("image", str(exc)) from exc
-        try:
-            out = self.text(caption, rng=rng)
-        except InputError as exc:
-            raise ctx.error("texts", str(exc)) from exc
+        out = _encode_text(self.text, caption, rng, ctx)
         out["image"] = image
         out["idx"] = index
         out["key"] = (self.seed, epoch, index)
@@ -247,12 +253,6 @@ class RegionTextDataset(Dataset):
             caption = f"{attr} {caption}"
         return caption
 
-    def _text(self, caption: str, rng: random.Random, ctx: _RecordContext, field: str) -> dict:
-        try:
-            return self.text(caption, rng=rng)
-        except InputError as exc:
-            raise ctx.error(field, str(exc)) from exc
-
     def __getitem__(self, key) -> dict:
         epoch, index = _split_key(key)
         rec = self.store[index]
@@ -298,7 +298,7 @@ class RegionTextDataset(Dataset):
         budget = self.max_regions
         if self.use_whole_image_caption and _has_caption(rec.get("texts"), self.langs):
             caption = _choose_caption(rec.get("texts"), self.langs, rng, ctx, "texts")
-            row = self._text(caption, rng, ctx, "texts")
+            row = _encode_text(self.text, caption, rng, ctx, "texts")
             n = (self.image_res // self.patch_size) ** 2
             row.update(image_atts=torch.ones(1 + n, dtype=torch.long),
                        target_bbox=[0.5, 0.5, 1.0, 1.0], is_image=1)
@@ -313,7 +313,7 @@ class RegionTextDataset(Dataset):
             if kept[i] is None:
                 continue
             field = f"regions[{i}].texts"
-            row = self._text(self._caption(regions[i], rng, ctx, field), rng, ctx, field)
+            row = _encode_text(self.text, self._caption(regions[i], rng, ctx, field), rng, ctx, field)
             row["target_bbox"] = box_to_target(kept[i], self.image_res)
             row["is_image"] = 0
             picked.append(row)

@@ -4,7 +4,8 @@
 its plugin, check the stores' fields, then epochs of AdamW steps (parameter groups and
 schedule of :mod:`x2core.train.optim`, grad clipping, bf16 autocast on CUDA), an
 evaluation after every epoch (or only at the end), ``metrics.json`` and
-``predictions.json`` per evaluated split, an atomic checkpoint.
+``predictions.json`` per evaluated split, an atomic checkpoint after every epoch
+(``--resume`` continues from it).
 
 Under ``torchrun --nproc_per_node N -m x2core finetune CONFIG`` the same function runs
 data-parallel: the head is wrapped in DDP, each rank reads its own shard of every epoch
@@ -17,20 +18,20 @@ write the same files.
 
 Checkpoint payload (``torch.load(weights_only=True)``-safe): ``model`` (core state dict,
 the keys of a pretraining checkpoint), ``head`` (the head's own parameters), ``head_name``,
-``head_options``, ``model_config``, ``config``, ``step``, ``epoch``, ``metrics``.
+``head_options``, ``model_config``, ``config``, ``step``, ``epoch`` (finished epochs),
+``metrics``, and for resuming ``optimizer``, ``scheduler``, ``rng`` (one entry per rank,
+with the shuffle generator's state under ``loader``).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +39,7 @@ from .config import apply_overrides, from_dict, load_yaml, merge, to_dict
 from .errors import CheckpointError, ConfigError, X2Error
 from .heads import EvalResult, HeadData, check_store_fields, move_to, options_dict
 from .train.config import OptimConfig, ScheduleConfig
+from .train.loop import seed_everything
 
 
 @dataclass
@@ -112,12 +114,6 @@ class FinetuneState:
 
 
 # --- building ----------------------------------------------------------------------------
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -389,10 +385,7 @@ def _restore(state: FinetuneState, cfg: FinetuneConfig, resume, *, loader_genera
     """Load a checkpoint written by :func:`_save`; returns the number of finished epochs."""
     from .train import checkpoint as ckpt
 
-    out = state.output_dir / "checkpoints"
-    path = ckpt.latest_checkpoint(out) if resume is True else Path(resume)
-    if path is None:
-        raise CheckpointError(f"--resume: no checkpoint in {out}")
+    path = ckpt.find_resume_checkpoint(resume, state.output_dir / "checkpoints")
     payload = ckpt.load_checkpoint(path)
     for key in ("optimizer", "scheduler", "rng", "epoch"):
         if key not in payload:
@@ -402,9 +395,7 @@ def _restore(state: FinetuneState, cfg: FinetuneConfig, resume, *, loader_genera
         raise CheckpointError(f"{path} holds head '{payload.get('head_name')}', the config asks "
                               f"for '{cfg.head}'")
     info = state.dist
-    if len(payload["rng"]) != info.world_size:
-        raise CheckpointError(f"{path} was written by {len(payload['rng'])} ranks; this run has "
-                              f"{info.world_size}. Resume with the same number of processes.")
+    rng = ckpt.rank_rng_state(payload["rng"], info.rank, info.world_size, str(path))
     head = state.model
     full = {f"model.{k}": v for k, v in payload["model"].items()} | dict(payload["head"])
     ckpt.check_state_compatible(head.state_dict(), full, source=str(path))
@@ -412,7 +403,6 @@ def _restore(state: FinetuneState, cfg: FinetuneConfig, resume, *, loader_genera
     state.optimizer.load_state_dict(payload["optimizer"])
     state.scheduler.load_state_dict(payload["scheduler"])
     state.step = int(payload["step"])
-    rng = payload["rng"][info.rank]
     ckpt.set_rng_state(rng)
     if loader_generator is not None and "loader" in rng:
         loader_generator.set_state(rng["loader"])

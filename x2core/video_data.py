@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .data import _RecordContext, _choose_caption, _open_store, _split_key, collate_image_text, sample_rng
-from .errors import ConfigError, InputError
+from .data import (_RecordContext, _choose_caption, _encode_text, _open_store, _split_key,
+                   collate_image_text, sample_rng)
+from .errors import ConfigError
 from .text import TextProcessor
 from .transforms import eval_image_transform, train_image_transform
 
@@ -89,10 +90,7 @@ class VideoTextDataset(Dataset):
         video = load_video_tensor(rec, num_frames=self.num_frames, sampler=self.sampler,
                                   image_res=self.image_res, train=self.train, rng=rng,
                                   where=ctx.where, crop_scale=self.crop_scale)
-        try:
-            out = self.text(caption, rng=rng)
-        except InputError as exc:
-            raise ctx.error("texts", str(exc)) from exc
+        out = _encode_text(self.text, caption, rng, ctx)
         out["video"] = video
         out["idx"] = index
         out["key"] = (self.seed, epoch, index)

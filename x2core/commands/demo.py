@@ -17,15 +17,21 @@ QUICK = {"num_train": 300, "num_heldout": 40, "steps": 40, "batch_size": 16, "re
          "eval_langs": ["en"], "num_videos": 40, "num_heldout_videos": 12, "video_batch_size": 4}
 
 
-def run(args) -> int:
+def config_from_args(cls, args, quick: dict):
+    """A demo's config dataclass from ``--quick``, ``--out``, ``--no-progress`` and
+    ``key=value`` overrides (the overrides win)."""
     from ..config import apply_overrides, from_dict
-    from ..demo import DemoConfig, run_demo
 
-    data = dict(QUICK) if args.quick else {}
+    data = dict(quick) if args.quick else {}
     if args.out:
         data["out_dir"] = args.out
     if args.no_progress:
         data["progress"] = False
-    cfg = from_dict(DemoConfig, apply_overrides(data, args.overrides))
-    run_demo(cfg)
+    return from_dict(cls, apply_overrides(data, args.overrides))
+
+
+def run(args) -> int:
+    from ..demo import DemoConfig, run_demo
+
+    run_demo(config_from_args(DemoConfig, args, QUICK))
     return 0

@@ -34,13 +34,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..config import apply_overrides, from_dict
     from ..multilingual_demo import MultilingualDemoConfig, run_synthetic_recipe
+    from .demo import config_from_args
 
-    data = dict(QUICK) if args.quick else {}
-    if args.out:
-        data["out_dir"] = args.out
-    if args.no_progress:
-        data["progress"] = False
-    run_synthetic_recipe(from_dict(MultilingualDemoConfig, apply_overrides(data, args.overrides)))
+    run_synthetic_recipe(config_from_args(MultilingualDemoConfig, args, QUICK))
     return 0

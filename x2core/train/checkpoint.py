@@ -96,6 +96,22 @@ def check_state_compatible(model_state: dict, ckpt_state: dict, *, source: str =
         raise CheckpointError(f"{source} does not match the model architecture; " + "; ".join(parts))
 
 
+def find_resume_checkpoint(resume: "str | os.PathLike | bool", ckpt_dir: "str | os.PathLike") -> Path:
+    """``--resume`` (True: the latest in ``ckpt_dir``; else a path) -> the checkpoint to load."""
+    path = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
+    if path is None:
+        raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir}")
+    return path
+
+
+def rank_rng_state(saved: list, rank: int, world_size: int, source: str) -> dict:
+    """This rank's entry of a checkpoint's per-rank RNG list, refusing another world size."""
+    if len(saved) != world_size:
+        raise CheckpointError(f"{source} was written by {len(saved)} ranks; this run has "
+                              f"{world_size}. Resume with the same number of processes.")
+    return saved[rank]
+
+
 # --- RNG state as plain tensors (weights_only-loadable) ----------------------------
 
 def rng_state() -> dict:

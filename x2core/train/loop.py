@@ -166,9 +166,7 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
     state = TrainState(cfg, model, optimizer, scheduler, loader, info, output_dir=out_dir)
 
     if resume:
-        path = ckpt.latest_checkpoint(out_dir / "checkpoints") if resume is True else Path(resume)
-        if path is None:
-            raise CheckpointError(f"--resume: no checkpoint in {out_dir / 'checkpoints'}")
+        path = ckpt.find_resume_checkpoint(resume, out_dir / "checkpoints")
         _restore(state, ckpt.load_checkpoint(path), path)
 
     logger = MetricsLogger(str(out_dir), enabled=info.is_main, tensorboard=cfg.tensorboard)
@@ -303,8 +301,5 @@ def _restore(state: TrainState, payload: dict, path: Path) -> None:
     state.scheduler.load_state_dict(payload["scheduler"])
     state.step = int(payload["step"])
     rank = state.dist.rank
-    if len(payload["rng"]) != state.dist.world_size:
-        raise CheckpointError(f"{path} was written by {len(payload['rng'])} ranks; this run has "
-                              f"{state.dist.world_size}. Resume with the same number of processes.")
-    ckpt.set_rng_state(payload["rng"][rank])
+    ckpt.set_rng_state(ckpt.rank_rng_state(payload["rng"], rank, state.dist.world_size, str(path)))
     state.loader.load_state_dict(payload["loader"][rank])
