@@ -233,17 +233,29 @@ def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path, grad_accum, ba
                  and not k.endswith("steps_per_s")})
         return out
 
-    full = run("full")
+    full = run("full", X2VLM_TEST_DUMP_OPTIM_AT="every")
     assert full.returncode == 0, full.stderr[-3000:]
     want = records("full")
     per_epoch = max(want) // 3
     assert per_epoch >= 2
-    killed = run("killed", X2VLM_TEST_KILL_AT=str(2 * per_epoch + 1))
+    first_resumed = 2 * per_epoch + 1
+    killed = run("killed", X2VLM_TEST_KILL_AT=str(first_resumed))
     assert killed.returncode == -9, killed.stderr[-3000:]
     ckpts = sorted((tmp_path / "killed" / "checkpoints").glob("step_*.pt"))
     assert [c.name for c in ckpts] == [f"step_{2 * per_epoch:08d}.pt"]  # the last epoch's only
-    resumed = run("killed", "--resume")
+    step_log = tmp_path / "resumed_steps.txt"
+    resumed = run("killed", "--resume", X2VLM_TEST_STEP_LOG=str(step_log),
+                  X2VLM_TEST_DUMP_OPTIM_AT=str(first_resumed))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # a resume, not a restart: only the third epoch's steps ran, and after the first of them
+    # the optimizer's moments equal the uninterrupted run's
+    assert [int(s) for s in step_log.read_text().split()] == list(range(first_resumed, 3 * per_epoch + 1))
+    m_full = torch.load(tmp_path / "full" / f"optim_step{first_resumed}.pt")
+    m_resumed = torch.load(tmp_path / "killed" / f"optim_step{first_resumed}.pt")
+    assert m_full.keys() == m_resumed.keys() and len(m_full) > 10
+    for i, st in m_full.items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(st[key], m_resumed[i][key]), f"param {i} {key}"
     got = records("killed")
     assert sorted(got) == sorted(want)
     for step in want:

@@ -116,3 +116,85 @@ def test_sentencepiece_whole_words():
     text = [0, 5, 6, 7, 8, 2]  # <s> ▁un believ able ▁ball </s>
     seen_full = any(set(g.choose_positions(text)) >= {1, 2, 3} for _ in range(200))
     assert seen_full
+
+
+def _reference_choose(tokens, rng, mask_prob, max_masks, skipgram_prb, skipgram_size, whole_word):
+    """The reference's position choice (``TextMaskingGenerator.__call__`` of
+    dataset/pretrain_dataset.py, WordPiece branch), transcribed over token strings and
+    drawing from ``rng`` in the same order: shuffle, then per candidate one uniform draw
+    and, for an n-gram, its size; a final shuffle when too many were chosen."""
+    n_pred = min(max_masks, max(1, int(round(len(tokens) * mask_prob))))
+    cand = list(range(1, len(tokens)))
+    rng.shuffle(cand)
+    last = max(cand)
+    picked = set()
+
+    def widen(st, end):
+        while st >= 0 and tokens[st].startswith("##"):
+            st -= 1
+        while end < len(tokens) and tokens[end].startswith("##"):
+            end += 1
+        return st, end
+
+    for pos in cand:
+        if len(picked) >= n_pred:
+            break
+        if pos in picked:
+            continue
+        size = 1
+        if skipgram_prb > 0 and skipgram_size >= 2 and rng.random() < skipgram_prb:
+            size = rng.randint(2, skipgram_size)
+        st, end = widen(pos, pos + size) if whole_word else (pos, pos + size)
+        for p in range(st, end):
+            if not 0 < p <= last:
+                break
+            picked.add(p)
+    picked = list(picked)
+    if len(picked) > n_pred:
+        rng.shuffle(picked)
+        picked = picked[:n_pred]
+    return picked
+
+
+@pytest.mark.parametrize("whole_word", [True, False])
+@pytest.mark.parametrize("skipgram_prb,skipgram_size", [(0.0, 3), (0.2, 3), (1.0, 2), (0.5, 4)])
+def test_positions_equal_the_reference_rule(whole_word, skipgram_prb, skipgram_size):
+    import random
+    texts = [("a", "un", "##believ", "##able", "ball"),
+             ("play", "##ing", "with", "a", "red", "ball", "on", "the", "left", "un", "##believ", "##able"),
+             ("red",),
+             ("play", "##ed", "play", "##ing", "un", "##believ", "##able", "square")]
+    for words in texts:
+        text = ids(*words)
+        tokens = [VOCAB[i] for i in text]
+        for mask_prob, max_masks in [(0.5, 12), (0.25, 3), (0.15, 1)]:
+            for seed in range(60):
+                g = gen(seed=seed, mask_prob=mask_prob, max_masks=max_masks, skipgram_prb=skipgram_prb,
+                        skipgram_size=skipgram_size, mask_whole_word=whole_word)
+                want = _reference_choose(tokens, random.Random(seed), mask_prob, max_masks,
+                                         skipgram_prb, skipgram_size, whole_word)
+                assert g.choose_positions(text) == want, (words, mask_prob, max_masks, seed)
+
+
+def test_whole_word_masking_takes_whole_words():
+    """"un ##believ ##able" among 7 tokens, budget 3, no n-grams: whenever the first
+    candidate is a piece of the word (half the draws) exactly the word is masked. Without
+    whole-word masking that exact set is one draw in twenty."""
+    text = ids("a", "un", "##believ", "##able", "ball")
+    word = {2, 3, 4}
+    g = gen(seed=0, mask_prob=0.5, max_masks=3, skipgram_prb=0.0, mask_whole_word=True)
+    draws = [set(g.choose_positions(text)) for _ in range(400)]
+    assert sum(d == word for d in draws) > 160
+    # a budget that fits the word: a touched word is always masked whole
+    g = gen(seed=0, mask_prob=1.0, max_masks=12, skipgram_prb=0.0, mask_whole_word=True)
+    short = ids("un", "##believ", "##able", "ball")   # n_pred = 6 > all 5 candidates
+    for _ in range(50):
+        assert set(g.choose_positions(short)) == {1, 2, 3, 4, 5}
+    g = gen(seed=0, mask_prob=0.5, max_masks=12, skipgram_prb=0.0, mask_whole_word=True)
+    two = ids("un", "##believ", "##able", "play", "##ing", "ball")
+    words = [{1, 2, 3}, {4, 5}]
+    for _ in range(200):
+        got = set(g.choose_positions(two))        # n_pred = 4
+        for w in words:
+            if got & w and len(got) < 4:          # not cut by the budget
+                assert w <= got, (got, w)

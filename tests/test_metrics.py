@@ -125,6 +125,23 @@ def test_cider_hand_computed():
     assert score == pytest.approx(0.0)
 
 
+def test_cider_d_length_penalty_and_clipping_by_hand():
+    """CIDEr-D's two departures from CIDEr, by hand: the hypothesis weight is clipped at
+    the reference's (min(w_h, w_r) * w_r) and the score is multiplied by
+    exp(-(l_h - l_r)^2 / (2 * 6^2)), with l the number of bigrams."""
+    refs = {0: ["c d"], 1: ["e f"]}
+    score, per = cider_d({0: "c d c d", 1: "e f"}, refs)
+    # image 0: every n-gram has df 1, so weight = tf * log 2 (the log 2 cancels in the cosine).
+    # unigrams: hyp (c:2, d:2), ref (c:1, d:1): clipped dot 2, norms 2*sqrt2 and sqrt2 -> 1/2
+    # bigrams: hyp (cd:2, dc:1), ref (cd:1): clipped dot 1, norms sqrt5 and 1 -> 1/sqrt5
+    # tri/4-grams: none in the reference -> 0.  Bigram counts 3 vs 1 -> penalty exp(-4/72)
+    want0 = (0.5 + 1 / math.sqrt(5)) / 4 * math.exp(-4 / 72) * 10
+    assert per[0] == pytest.approx(want0, rel=1e-12)
+    # image 1: identical unigrams and bigrams, no trigram on either side -> (1 + 1) / 4 * 10
+    assert per[1] == pytest.approx(5.0, rel=1e-12)
+    assert score == pytest.approx((want0 + 5.0) / 2, rel=1e-12)
+
+
 def test_caption_metrics_agree_with_pycocoevalcap():
     bleu_mod = pytest.importorskip("pycocoevalcap.bleu.bleu")
     cider_mod = pytest.importorskip("pycocoevalcap.cider.cider")

@@ -65,7 +65,7 @@ def losses_by_step(run_dir: Path) -> dict[int, dict]:
 
 def test_resume_after_sigkill_continues_exactly(tmp_path, synthetic_stores):
     full = write_config(tmp_path, synthetic_stores, "full")
-    run_cli(["pretrain", str(full)], cli_env())
+    run_cli(["pretrain", str(full)], cli_env(X2VLM_TEST_DUMP_OPTIM_AT="4"))
     want = losses_by_step(tmp_path / "full")
     assert sorted(want) == list(range(1, 9))
 
@@ -75,7 +75,19 @@ def test_resume_after_sigkill_continues_exactly(tmp_path, synthetic_stores):
     ckpts = tmp_path / "killed" / "checkpoints"
     assert (ckpts / "step_00000003.pt").exists() and not (ckpts / "step_00000006.pt").exists()
     assert not list(ckpts.glob("*.tmp*"))  # atomic writes leave no partial file
-    run_cli(["pretrain", str(killed), "--resume"], cli_env())
+    step_log = tmp_path / "resumed_steps.txt"
+    run_cli(["pretrain", str(killed), "--resume"],
+            cli_env(X2VLM_TEST_STEP_LOG=str(step_log), X2VLM_TEST_DUMP_OPTIM_AT="4"))
+    # a resume, not a restart: the process ran only the steps after the checkpoint ...
+    assert [int(s) for s in step_log.read_text().split()] == list(range(4, 9))
+    # ... with the optimizer's moments restored: after its first step they equal those of
+    # the uninterrupted run after step 4.
+    moments_full = torch.load(tmp_path / "full" / "optim_step4.pt")
+    moments_resumed = torch.load(tmp_path / "killed" / "optim_step4.pt")
+    assert moments_full.keys() == moments_resumed.keys() and len(moments_full) > 10
+    for i, st in moments_full.items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(st[key], moments_resumed[i][key]), f"param {i} {key}"
     got = losses_by_step(tmp_path / "killed")
     assert sorted(got) == list(range(1, 9))
     for step in range(1, 9):

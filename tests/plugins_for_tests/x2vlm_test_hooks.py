@@ -4,6 +4,10 @@
   like the OOM killer or a pre-empted node).
 * ``X2VLM_TEST_DUMP_PARAMS=1``: at the end of training every rank saves its own parameters
   to ``output_dir/params_rank{R}.pt`` so a test can compare ranks.
+* ``X2VLM_TEST_STEP_LOG=FILE``: every step this process runs is appended to FILE (one
+  line per step), so a test can tell a resumed run from one that started over.
+* ``X2VLM_TEST_DUMP_OPTIM_AT=N`` (or ``every``): after step N (after every step) the
+  optimizer's state (AdamW moments) is saved to ``output_dir/optim_step{N}.pt``.
 """
 import os
 import signal
@@ -15,6 +19,13 @@ from x2core import hookimpl
 
 @hookimpl
 def x2vlm_train_step_end(state, step, metrics):
+    step_log = os.environ.get("X2VLM_TEST_STEP_LOG")
+    if step_log:
+        with open(step_log, "a") as f:
+            f.write(f"{step}\n")
+    dump_at = os.environ.get("X2VLM_TEST_DUMP_OPTIM_AT")
+    if dump_at and (dump_at == "every" or step == int(dump_at)):
+        torch.save(state.optimizer.state_dict()["state"], state.output_dir / f"optim_step{step}.pt")
     kill_at = os.environ.get("X2VLM_TEST_KILL_AT")
     if kill_at and step == int(kill_at):
         os.kill(os.getpid(), signal.SIGKILL)
