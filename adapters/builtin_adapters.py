@@ -7,11 +7,11 @@ Each factory imports its module on first use, so loading this plugin costs nothi
 name                factory
 ==================  =================================================================
 lora                ``(model, spec: LoraSpec, freeze="all") -> adapted layer names``
-reference-x2vlm     ``(checkpoint, **kw) -> (X2VLM, ConversionReport)`` (official X²-VLM)
+reference-x2vlm     ``(checkpoint, out=None, **kw) -> (X2VLM, ConversionReport)`` (official X²-VLM)
 reference-xvlm      same for X-VLM files (Swin vision encoders are refused)
 hf-bert-init        ``(bert_dir, model="x2vlm-base", **overrides) -> X2VLM`` (X²-VLM init rule)
 model-dir           ``(directory, **overrides) -> X2VLM`` (our save_pretrained format)
-xlmr-swap           ``(source, xlmr, **kw) -> (X2VLM, SwapReport)`` (the CCLM XLM-R swap)
+xlmr-swap           ``(source, xlmr, out=None, **kw) -> (X2VLM, SwapReport)`` (the CCLM XLM-R swap)
 ==================  =================================================================
 """
 from __future__ import annotations
@@ -24,14 +24,14 @@ def lora(model, spec, freeze="all"):
     return apply_lora(model, spec, freeze)
 
 
-def reference_x2vlm(checkpoint, **kwargs):
-    from .reference import convert_reference_checkpoint
-    return convert_reference_checkpoint(checkpoint, source="x2vlm", **kwargs)
+def reference_x2vlm(checkpoint, *, out=None, **kwargs):
+    from .reference import convert_to_directory
+    return convert_to_directory(checkpoint, out, source="x2vlm", **kwargs)
 
 
-def reference_xvlm(checkpoint, **kwargs):
-    from .reference import convert_reference_checkpoint
-    return convert_reference_checkpoint(checkpoint, source="xvlm", **kwargs)
+def reference_xvlm(checkpoint, *, out=None, **kwargs):
+    from .reference import convert_to_directory
+    return convert_to_directory(checkpoint, out, source="xvlm", **kwargs)
 
 
 def hf_bert_init(bert_dir, model="x2vlm-base", **overrides):
@@ -40,13 +40,16 @@ def hf_bert_init(bert_dir, model="x2vlm-base", **overrides):
 
 
 def model_dir(directory, **overrides):
-    from .model_dir import from_pretrained
+    from x2core.model.directory import from_pretrained
     return from_pretrained(directory, **overrides)
 
 
-def xlmr_swap(source, xlmr, **kwargs):
-    from .xlmr_swap import swap_text_encoder
-    return swap_text_encoder(source, xlmr, **kwargs)
+def xlmr_swap(source, xlmr, *, out=None, **kwargs):
+    from .xlmr_swap import save_swapped, swap_text_encoder
+    model, report = swap_text_encoder(source, xlmr, **kwargs)
+    if out is not None:
+        save_swapped(model, report, out)
+    return model, report
 
 
 @hookimpl
@@ -55,10 +58,10 @@ def x2vlm_register_adapters(register):
                                        "with freezing policies", kind="parameter-efficient")
     register("reference-x2vlm", reference_x2vlm,
              description="official X²-VLM checkpoint (BEiT-v2 + BERT-18 / XLM-R + cross encoder) "
-                         "-> X2VLM", kind="converter")
+                         "-> X2VLM", kind="converter", converts_from="x2vlm")
     register("reference-xvlm", reference_xvlm,
              description="official X-VLM checkpoint -> X2VLM (Swin vision encoders refused)",
-             kind="converter")
+             kind="converter", converts_from="xvlm")
     register("hf-bert-init", hf_bert_init,
              description="X2VLM from a local HF BERT directory: BERT top layers copied into the "
                          "fusion layers (X²-VLM init rule)", kind="converter")

@@ -97,13 +97,13 @@ def model_from_hf_bert(bert_dir: str | os.PathLike, model: str = "x2vlm-base", *
             from ``cls.predictions``) or ``BertModel`` (MLM head random), with its
             tokenizer (or give ``text={"tokenizer": ...}``).
         model: the named configuration for the vision side, embed dim, losses.
-        overrides: further :func:`x2core.factory.model_config_for` overrides.
+        overrides: further :func:`x2core.model.factory.model_config_for` overrides.
 
     The fusion encoder takes the BERT's heads, intermediate size and LayerNorm eps.
     Nothing is downloaded.
     """
     from x2core.config import merge
-    from x2core.factory import build_model, model_config_for
+    from x2core.model.factory import build_model, model_config_for
 
     d = Path(bert_dir)
     cfg_file = d / "config.json"

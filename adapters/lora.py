@@ -10,15 +10,19 @@
     base = x2core.create_model(...)                # or from_pretrained(base_dir)
     load_adapter(base, "runs/medical-lora")        # same outputs as the trained model
 
-LoRA goes through ``peft`` (``inject_adapter_in_model``, an optional extra:
-``pip install 'x2vlm[peft]'``). One exception, done here: the BEiT-v2 attention reads
-``attn.qkv.weight`` directly (``F.linear(x, qkv.weight, q/k/v bias)``) instead of
-calling the module, so a module wrapper like peft's never runs there (checked: zero
-effect). For such layers :class:`LoraLinear` exposes ``weight`` as ``W + s·B·A``, so
-any code that reads the weight sees the adapted one. ``backend="builtin"`` uses
-:class:`LoraLinear` everywhere (no peft needed). Adapter tensors are named like
-peft's either way: ``<layer>.lora_A.default.weight``, ``<layer>.lora_B.default.weight``
-(the wrapped layer's own weights move to ``<layer>.base_layer.*``).
+LoRA goes through ``peft`` alone (``inject_adapter_in_model``, an optional extra:
+``pip install 'x2vlm[peft]'``) for every part, the BEiT-v2 fused ``qkv`` included (its
+attention calls the module and adds the q/v bias outside it, so peft's wrapper runs).
+Adapter tensors carry peft's names: ``<layer>.lora_A.default.weight``,
+``<layer>.lora_B.default.weight``; the wrapped layer's own weights move to
+``<layer>.base_layer.*``.
+
+An adapter directory holds ``adapter.safetensors`` (those tensors, under the model's
+state-dict names), ``adapter_config.json`` in peft's own schema (``r``,
+``lora_alpha``, ``lora_dropout``, ``target_modules``: a regex of the adapted layers;
+``peft.LoraConfig.from_pretrained(dir)`` reads it) and ``x2vlm_adapter.json`` (what
+peft has no field for: parts, targets, freezing policy, ``modules_to_save``, the
+base model's config).
 
 Freezing policies (``freeze``), applied to the base weights; adapters always train:
 
@@ -36,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -48,14 +51,18 @@ from torch import nn
 
 from x2core.errors import CheckpointError, ConfigError, X2Error
 
-__all__ = ["LoraSpec", "LoraLinear", "apply_lora", "freeze_parts", "trainable_parameters",
-           "adapter_state_dict", "save_adapter", "load_adapter", "merge_lora", "FREEZE_POLICIES"]
+__all__ = ["LoraSpec", "apply_lora", "freeze_parts", "trainable_parameters", "adapter_state_dict",
+           "save_adapter", "read_adapter_config", "load_adapter", "merge_lora", "FREEZE_POLICIES"]
 
 PARTS = {"vision": "vision_encoder", "text": "text_encoder", "fusion": "fusion_encoder"}
 FREEZE_POLICIES = ("all", "vision", "text", "fusion-only", "none")
 ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+PEFT_CONFIG = "adapter_config.json"  # peft's file name and schema (LoraConfig)
+X2VLM_CONFIG = "x2vlm_adapter.json"
 ADAPTER_FORMAT = "x2vlm-lora"
+FORMAT_VERSION = 2  # 1: one adapter_config.json in x2vlm's own schema (still read)
+# LoraSpec field -> peft LoraConfig field: stored in peft's file only, never twice
+_IN_PEFT_CONFIG = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
 _NAME = "default"
 
 
@@ -70,7 +77,6 @@ class LoraSpec:
             ``query``/``key``/``value`` (BERT/XLM-R/fusion), ``attention.self.query``
             (self-attention only), ``crossattention.self.query``, ``fc1``, ``dense``.
         modules_to_save: base-module prefixes trained in full and saved with the adapter.
-        backend: ``"peft"`` (default) or ``"builtin"``.
     """
 
     r: int = 8
@@ -79,7 +85,6 @@ class LoraSpec:
     parts: tuple[str, ...] = ("vision", "text", "fusion")
     targets: tuple[str, ...] = ("qkv", "query", "value")
     modules_to_save: tuple[str, ...] = ()
-    backend: str = "peft"
 
     def __post_init__(self):
         self.parts = tuple(self.parts)
@@ -94,8 +99,6 @@ class LoraSpec:
             raise ConfigError(f"LoRA parts {bad or '[]'} are not valid; choose from {list(PARTS)}")
         if not self.targets:
             raise ConfigError("LoRA needs at least one target layer name")
-        if self.backend not in ("peft", "builtin"):
-            raise ConfigError(f"LoRA backend must be 'peft' or 'builtin', got {self.backend!r}")
 
     @property
     def scaling(self) -> float:
@@ -110,55 +113,7 @@ class LoraSpec:
         return from_dict(cls, data)
 
 
-class LoraLinear(nn.Module):
-    """``base(x) + s · B(A(dropout(x)))`` around an ``nn.Linear``; ``weight`` is ``W + s·B·A``.
-
-    Shapes: ``(..., in_features) -> (..., out_features)``. ``B`` starts at zero, so a
-    fresh adapter leaves the outputs unchanged. Code that reads ``.weight`` / ``.bias``
-    directly (BEiT's fused qkv) gets the adapted weight (dropout does not apply there).
-    """
-
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
-        super().__init__()
-        self.base_layer = base
-        self.in_features, self.out_features = base.in_features, base.out_features
-        kw = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_A = nn.ModuleDict({_NAME: nn.Linear(base.in_features, r, bias=False, **kw)})
-        self.lora_B = nn.ModuleDict({_NAME: nn.Linear(r, base.out_features, bias=False, **kw)})
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.scaling = {_NAME: float(alpha) / r}
-        nn.init.kaiming_uniform_(self.lora_A[_NAME].weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B[_NAME].weight)
-
-    def get_delta_weight(self, adapter: str = _NAME) -> torch.Tensor:
-        return (self.lora_B[adapter].weight @ self.lora_A[adapter].weight) * self.scaling[adapter]
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight + self.get_delta_weight()
-
-    @property
-    def bias(self):
-        return self.base_layer.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.lora_A[_NAME], self.lora_B[_NAME]
-        return self.base_layer(x) + b(a(self.lora_dropout(x))) * self.scaling[_NAME]
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features} -> {self.out_features}, r={self.lora_A[_NAME].out_features}"
-
-
 # --- selection ----------------------------------------------------------------------------
-
-def _reads_weight_directly(model: nn.Module, name: str) -> bool:
-    """Layers whose owner uses ``F.linear(x, layer.weight, ...)`` instead of calling them."""
-    from x2core.vision import _RelPosAttention
-
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    return isinstance(parent, _RelPosAttention) and attr == "qkv"
-
 
 def _select(model: nn.Module, spec: LoraSpec) -> list[str]:
     prefixes = tuple(PARTS[p] + "." for p in spec.parts)
@@ -183,19 +138,20 @@ def _require_peft():
         import peft  # noqa: F401
     except ImportError:
         raise X2Error("LoRA through peft needs the optional dependency 'peft': "
-                      "pip install 'x2vlm[peft]' (or pip install peft), or use "
-                      "LoraSpec(backend='builtin')") from None
+                      "pip install 'x2vlm[peft]' (or pip install peft)") from None
     return peft
 
 
-def _wrap_builtin(model: nn.Module, name: str, spec: LoraSpec) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, LoraLinear(getattr(parent, attr), spec.r, spec.alpha, spec.dropout))
+def _lora_config(spec: LoraSpec, layers: Sequence[str]):
+    """peft's ``LoraConfig`` adapting exactly ``layers`` (full module names)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
+                      target_modules="^(?:" + "|".join(map(re.escape, layers)) + ")$")
 
 
 def _is_adapter_param(name: str) -> bool:
-    return ".lora_A." in name or ".lora_B." in name or ".lora_" in name
+    return ".lora_" in name
 
 
 # --- public API -----------------------------------------------------------------------------
@@ -233,19 +189,10 @@ def apply_lora(model: nn.Module, spec: LoraSpec, freeze: str | None = "all") -> 
     if getattr(model, "_x2vlm_lora", None) is not None:
         raise ConfigError("this model already has LoRA adapters")
     names = _select(model, spec)
-    direct = [n for n in names if _reads_weight_directly(model, n)]
-    rest = [n for n in names if n not in direct]
-    if spec.backend == "builtin":
-        direct, rest = direct + rest, []
-    if rest:
-        _require_peft()
-        from peft import LoraConfig, inject_adapter_in_model
+    _require_peft()
+    from peft import inject_adapter_in_model
 
-        cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
-                         target_modules="^(?:" + "|".join(map(re.escape, rest)) + ")$")
-        inject_adapter_in_model(cfg, model, adapter_name=_NAME)
-    for n in direct:
-        _wrap_builtin(model, n, spec)
+    inject_adapter_in_model(_lora_config(spec, names), model, adapter_name=_NAME)
     model._x2vlm_lora = {"spec": spec, "freeze": freeze, "layers": names}
     freeze_parts(model, freeze, keep=spec.modules_to_save)
     return names
@@ -272,21 +219,72 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write only the adapter: ``path/adapter.safetensors`` + ``path/adapter_config.json``."""
+    """Write only the adapter: ``adapter.safetensors``, peft's ``adapter_config.json`` and
+    ``x2vlm_adapter.json`` under ``path`` (see module doc)."""
     from safetensors.torch import save_file
 
     from x2core.config import to_dict
 
-    info = getattr(model, "_x2vlm_lora", None)
     state = adapter_state_dict(model)
+    info = model._x2vlm_lora
+    spec = info["spec"]
+    _require_peft()
     d = Path(path)
     d.mkdir(parents=True, exist_ok=True)
     save_file(state, str(d / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    meta = {"format": ADAPTER_FORMAT, "format_version": 1, "spec": info["spec"].to_dict(),
+    _lora_config(spec, info["layers"]).save_pretrained(str(d))
+    # r / alpha / dropout live in peft's file only; the rest has no peft field.
+    own = {k: v for k, v in spec.to_dict().items() if k not in _IN_PEFT_CONFIG}
+    meta = {"format": ADAPTER_FORMAT, "format_version": FORMAT_VERSION, "spec": own,
             "freeze": info["freeze"], "layers": info["layers"],
             "base_config": to_dict(model.config) if hasattr(model, "config") else None}
-    (d / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    (d / X2VLM_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return d
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"'{file}' is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{file}' does not hold a JSON object")
+    return data
+
+
+def read_adapter_config(path: str | os.PathLike) -> tuple[LoraSpec, dict]:
+    """``(spec, x2vlm metadata)`` of an adapter directory, without touching a model.
+
+    Reads peft's ``adapter_config.json`` through ``peft.LoraConfig.from_pretrained``
+    and ``x2vlm_adapter.json``; a format-1 directory (one ``adapter_config.json`` in
+    x2vlm's own schema) is read too. Raises :class:`CheckpointError` on anything else.
+    """
+    d = Path(path)
+    peft_file, x2_file = d / PEFT_CONFIG, d / X2VLM_CONFIG
+    if not peft_file.is_file() or not (d / ADAPTER_WEIGHTS).is_file():
+        raise CheckpointError(f"'{d}' is not an adapter directory (needs {PEFT_CONFIG}, {X2VLM_CONFIG} "
+                              f"and {ADAPTER_WEIGHTS}, as written by save_adapter)")
+    if not x2_file.is_file():
+        legacy = _read_json(peft_file)
+        if legacy.get("format") != ADAPTER_FORMAT or not isinstance(legacy.get("spec"), dict):
+            raise CheckpointError(f"'{d}' has no {X2VLM_CONFIG}: not an adapter written by x2vlm's "
+                                  "save_adapter")
+        spec = {k: v for k, v in legacy["spec"].items() if k != "backend"}  # format 1 had a backend
+        return LoraSpec.from_dict(spec), legacy
+    meta = _read_json(x2_file)
+    if meta.get("format") != ADAPTER_FORMAT or not isinstance(meta.get("spec"), dict):
+        raise CheckpointError(f"'{x2_file}' is not an x2vlm LoRA adapter config")
+    _require_peft()
+    from peft import LoraConfig
+
+    try:
+        cfg = LoraConfig.from_pretrained(str(d))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"'{peft_file}' is not a peft LoRA config: {exc}") from None
+    if not isinstance(cfg, LoraConfig):
+        raise CheckpointError(f"'{peft_file}' is a peft {cfg.peft_type} config, not LoRA")
+    from_peft = {ours: getattr(cfg, theirs) for ours, theirs in _IN_PEFT_CONFIG.items()}
+    return LoraSpec.from_dict({**meta["spec"], **from_peft}), meta
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike, *, freeze: str | None = "unset") -> list[str]:
@@ -298,34 +296,20 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, freeze: str | Non
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model_dir import format_key_problems
+    from x2core.model.loading import compare_state
 
     d = Path(path)
-    cfg_file, weights = d / ADAPTER_CONFIG, d / ADAPTER_WEIGHTS
-    if not cfg_file.is_file() or not weights.is_file():
-        raise CheckpointError(f"'{d}' is not an adapter directory (needs {ADAPTER_CONFIG} and "
-                              f"{ADAPTER_WEIGHTS}, as written by save_adapter)")
-    try:
-        meta = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"'{cfg_file}' is not valid JSON: {exc}") from None
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"'{cfg_file}' is not an x2vlm LoRA adapter config")
+    spec, meta = read_adapter_config(d)
+    weights = d / ADAPTER_WEIGHTS
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot read '{weights}' (truncated?): {exc}") from None
-    spec = LoraSpec.from_dict(meta["spec"])
     names = apply_lora(model, spec, meta.get("freeze") if freeze == "unset" else freeze)
     own = model.state_dict()
-    shapes = [f"{k}: adapter {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-              for k, v in state.items() if k in own and own[k].shape != v.shape]
-    unexpected = sorted(k for k in state if k not in own)
-    missing = sorted(k for k in own if _is_adapter_param(k) and k not in state)
-    if shapes or unexpected or missing:
-        raise CheckpointError(format_key_problems(f"adapter '{d}'", shapes=shapes, missing=missing,
-                                                  unexpected=unexpected,
-                                                  header=f"adapter '{d}' does not fit this base model:"))
+    compare_state(own, state, source="adapter", exact_shapes=True,
+                  ignore_missing=[k for k in own if not _is_adapter_param(k)]
+                  ).raise_for_problems(header=f"adapter '{d}' does not fit this base model:")
     model.load_state_dict(state, strict=False)
     return names
 
@@ -334,18 +318,18 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, *, freeze: str | Non
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and remove the wrappers (in place).
 
-    The model then has its original state-dict names again (``save_pretrained`` works).
+    Uses peft's own ``merge`` per layer. The model then has its original state-dict
+    names again (``save_pretrained`` works).
     """
-    wrapped = [(n, m) for n, m in model.named_modules()
-               if hasattr(m, "base_layer") and hasattr(m, "lora_A") and hasattr(m, "lora_B")]
+    _require_peft()
+    from peft.tuners.lora import LoraLayer
+
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
     for name, mod in wrapped:
-        base = mod.base_layer
-        a, b = mod.lora_A[_NAME].weight, mod.lora_B[_NAME].weight
-        scale = mod.scaling[_NAME]
-        base.weight += (b @ a).to(base.weight.dtype) * scale
+        mod.merge()
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, base)
+        setattr(parent, attr, mod.get_base_layer())
     for attr in ("_x2vlm_lora", "peft_config"):
         if attr in model.__dict__:
             delattr(model, attr)

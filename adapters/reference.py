@@ -258,7 +258,7 @@ def detect_layout(sd: Mapping[str, torch.Tensor], source: str = "x2vlm") -> _Lay
 def map_reference_state_dict(sd: Mapping[str, torch.Tensor], layout: _Layout,
                              report: ConversionReport) -> dict[str, torch.Tensor]:
     """Reference names -> ours; fills ``report.mapped/ignored/unmapped``."""
-    from x2core.vision import prepare_beit2_state_dict
+    from x2core.model.vision import prepare_beit2_state_dict
 
     out: dict[str, torch.Tensor] = {}
 
@@ -385,7 +385,7 @@ def infer_model_config(sd: Mapping[str, torch.Tensor], layout: _Layout) -> dict[
     if table is None:
         raise CheckpointError("the vision encoder has no relative-position table "
                               "('vision_encoder.blocks.0.attn.relative_position_bias_table')")
-    from x2core.vision import grid_from_table_rows
+    from x2core.model.vision import grid_from_table_rows
     grid = grid_from_table_rows(int(table.shape[0]))
     fc1 = sd["vision_encoder.blocks.0.mlp.fc1.weight"]
     vision = dict(width=width, depth=len(blocks), num_heads=int(table.shape[1]), patch_size=patch,
@@ -430,8 +430,8 @@ _ARCH_FIELDS = (("vision", "width"), ("vision", "depth"), ("vision", "num_heads"
 def _resolve_config(inferred: dict, base: Mapping | None, *, image_size: int | None,
                     text_encoder: str | None, tokenizer: str | None, report: ConversionReport):
     from x2core.config import merge, to_dict
-    from x2core.factory import model_config_for
-    from x2core.model_config import ModelConfig
+    from x2core.model.factory import model_config_for
+    from x2core.model.config import ModelConfig
 
     if base is None:
         data = to_dict(ModelConfig())
@@ -481,7 +481,7 @@ def _resolve_config(inferred: dict, base: Mapping | None, *, image_size: int | N
         data = merge(data, {"text": {"tokenizer": str(tokenizer)}})
     cfg = model_config_for(data)
     if cfg.text.name == "bert" and cfg.text.tokenizer is None:
-        from x2core.tokenizers import builtin_wordpiece_tokenizer
+        from x2core.data.tokenizers import builtin_wordpiece_tokenizer
         n = len(builtin_wordpiece_tokenizer())
         if cfg.text.vocab_size is not None and cfg.text.vocab_size != n:
             raise ConfigError(f"the checkpoint's vocabulary has {cfg.text.vocab_size} word pieces; "
@@ -538,10 +538,9 @@ def convert_reference_checkpoint(checkpoint: str | os.PathLike | Mapping, *, sou
             (lists the sizes / keys and shapes), or a partial load without ``allow_partial``.
     """
     from x2core.config import to_dict
-    from x2core.factory import build_model, model_config_for
-    from x2core.state_shapes import resizable_on_load
+    from x2core.model.factory import build_model, model_config_for
 
-    from .model_dir import format_key_problems
+    from x2core.model.loading import format_key_problems, resizable_on_load, tied_names
 
     if source not in ("x2vlm", "xvlm"):
         raise ConfigError(f"--from must be 'x2vlm' or 'xvlm', got {source!r}")
@@ -586,8 +585,7 @@ def convert_reference_checkpoint(checkpoint: str | os.PathLike | Mapping, *, sou
             report.unmapped[ref] = f"maps to {k}, which this model does not have"
             del report.mapped[ref]
     mapped = {k: v for k, v in mapped.items() if k in own}
-    from .model_dir import _tied_names
-    tied = _tied_names(net)
+    tied = tied_names(net)
     report.missing = sorted(k for k in own if k not in mapped and k not in tied
                             and not k.endswith("relative_position_index"))
     if not report.complete and not allow_partial:
@@ -595,6 +593,23 @@ def convert_reference_checkpoint(checkpoint: str | os.PathLike | Mapping, *, sou
                               + report.summary())
     net.load_state_dict(mapped, strict=False)
     return net, report
+
+
+def convert_to_directory(checkpoint, out=None, **kwargs):
+    """:func:`convert_reference_checkpoint`, then (with ``out``) our model directory plus
+    ``OUT/conversion_report.json``; returns ``(X2VLM, ConversionReport)``."""
+    import json
+    from pathlib import Path
+
+    from x2core.model.directory import save_pretrained
+
+    model, report = convert_reference_checkpoint(checkpoint, **kwargs)
+    if out is not None:
+        out = Path(out)
+        save_pretrained(model, out, extra={"converted_from": str(checkpoint) if not isinstance(
+            checkpoint, Mapping) else "checkpoint", "reference_layout": report.layout})
+        (out / "conversion_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return model, report
 
 
 # --- writing ----------------------------------------------------------------------------

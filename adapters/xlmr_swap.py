@@ -28,8 +28,8 @@ checkpoint goes through ``x2vlm convert`` first) build the multilingual model:
   ``config.json["extra"]["xlmr_swap"]`` records the report (kept / new / dropped);
   ``config.json["new_parameters"]`` lists the newly initialised tensors, which a training
   run with ``init_from: OUT`` treats as new (``lr * optim.lr_mult``,
-  ``x2core.train.loop.load_initial_weights``); build that run's model with
-  ``model_overrides`` = the swapped config (:func:`training_overrides`).
+  ``x2core.train.pretrain.load_initial_weights``); build that run's model with
+  ``model_overrides`` = the swapped config (:func:`x2core.model.directory.training_overrides`).
 """
 from __future__ import annotations
 
@@ -37,14 +37,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 
 from x2core.errors import CheckpointError, ConfigError, InputError
 
 __all__ = ["SwapReport", "read_english_model", "swap_text_encoder", "save_swapped",
-           "swap_to_directory", "training_overrides", "xlmr_text_config", "KEPT_PREFIXES"]
+           "swap_to_directory", "xlmr_text_config", "KEPT_PREFIXES"]
 
 # Tensors of the English model carried over bit-identically.
 KEPT_PREFIXES = ("vision_encoder.", "fusion_encoder.", "vision_proj.", "itm_head.", "bbox_head.",
@@ -101,7 +101,7 @@ def read_english_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.T
     A reference (official) checkpoint, a Hugging Face directory or anything else is
     refused with one line saying what to do.
     """
-    from x2adapters.model_dir import load_model_weights, read_model_config
+    from x2core.model.directory import load_model_weights, read_model_config
 
     p = Path(path)
     if not p.exists():
@@ -200,7 +200,7 @@ def xlmr_text_config(xlmr: str | os.PathLike, english_text: Mapping | None = Non
     encoder's sizes with XLM-R's LayerNorm eps (1e-5).
     """
     from x2core.config import to_dict
-    from x2core.model_config import TextConfig
+    from x2core.model.config import TextConfig
 
     p = Path(xlmr).expanduser()
     if not p.exists():
@@ -253,7 +253,7 @@ def swap_text_encoder(source: str | os.PathLike, xlmr: str | os.PathLike, *,
         seed: seeds the initialisation of the new parameters.
     """
     from x2core.config import merge
-    from x2core.factory import build_model, model_config_for
+    from x2core.model.factory import build_model, model_config_for
 
     cfg, state = read_english_model(source)
     fusion_width = _fusion_width(state)
@@ -296,7 +296,7 @@ def swap_text_encoder(source: str | os.PathLike, xlmr: str | os.PathLike, *,
         own[k].copy_(state[k])
 
     # What came from the XLM-R directory, what is new.
-    from x2adapters.model_dir import _dedupe
+    from x2core.model.directory import _dedupe
     _, aliases = _dedupe(own)
     params = {n for n, _ in model.named_parameters()}
     from_xlmr: list[str] = []
@@ -323,7 +323,7 @@ def swap_text_encoder(source: str | os.PathLike, xlmr: str | os.PathLike, *,
 def save_swapped(model, report: SwapReport, out: str | os.PathLike) -> Path:
     """Write ``OUT/``, our model directory, recording the new tensors as ``new_parameters``
     (so ``init_from: OUT`` gives them ``lr * lr_mult``)."""
-    from x2adapters.model_dir import save_pretrained
+    from x2core.model.directory import save_pretrained
 
     return save_pretrained(model, out, extra={"xlmr_swap": report.to_dict()}, new_parameters=report.new)
 
@@ -333,19 +333,3 @@ def swap_to_directory(source, xlmr, out, **kwargs) -> SwapReport:
     model, report = swap_text_encoder(source, xlmr, **kwargs)
     save_swapped(model, report, out)
     return report
-
-
-def training_overrides(out: str | os.PathLike) -> dict[str, Any]:
-    """``{"model", "model_overrides", "init_from"}`` for a TrainConfig starting from ``OUT``.
-
-    ``model_overrides`` is the whole swapped config (tokenizer path made absolute), so
-    the training model is built exactly as the swapped one; ``init_from`` is ``OUT``,
-    whose recorded ``new_parameters`` get ``lr_mult``.
-    """
-    from x2adapters.model_dir import read_model_config, read_new_parameters
-
-    d = Path(out)
-    cfg = read_model_config(d)
-    if not read_new_parameters(d):
-        raise CheckpointError(f"'{d}' records no new parameters (not written by the XLM-R swap)")
-    return {"model": "x2vlm-tiny", "model_overrides": cfg, "init_from": str(d.resolve())}

@@ -1,7 +1,7 @@
 """First-party plugin: the dataset formats ``x2vlm pack`` reads (facts §6 layouts).
 
 Each format is a reader factory ``factory(ann_files, images_root, *, max_side, lang,
-**options)`` (see :mod:`x2core.packing`). The format modules import PIL lazily, so
+**options)`` (see :mod:`x2core.data.packing`). The format modules import PIL lazily, so
 registering them costs nothing until a pack runs.
 """
 from __future__ import annotations
@@ -41,3 +41,17 @@ FORMATS = {
 def x2vlm_register_datasets(register):
     for name, (cls, description) in FORMATS.items():
         register(name, cls, description=description, options=list(cls.options))
+
+
+def synthetic_world(out_dir, **options):
+    """The procedural world of coloured shapes (captions in several languages, exact boxes,
+    task files and short videos): :func:`x2datasets.synthetic.generate`."""
+    from .synthetic import generate
+    return generate(out_dir, **options)
+
+
+@hookimpl
+def x2vlm_register_generators(register):
+    register("synthetic-world", synthetic_world,
+             description="coloured shapes with en/de/zh captions, exact boxes, task files and "
+                         "moving-shape videos (the demos' and tests' data)")

@@ -11,7 +11,7 @@ Two ways to build (:meth:`HFTextEncoder.from_text_config`):
 
 * ``cfg.pretrained`` = a local HF directory (``config.json`` + weights + a
   tokenizer, or ``cfg.tokenizer``). Sizes come from ``config.json``; the fields
-  ``hidden_size``... of :class:`~x2core.model_config.TextConfig` are ignored. If the
+  ``hidden_size``... of :class:`~x2core.model.config.TextConfig` are ignored. If the
   weights are a ``*ForMaskedLM`` checkpoint, its MLM-head tensors are kept for
   :meth:`HFTextEncoder.build_mlm_head`. Nothing is ever downloaded.
 * otherwise random init from the ``TextConfig`` sizes; ``vocab_size`` defaults to
@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from x2core.errors import CheckpointError, ConfigError, InputError
-from x2core.model_config import TextConfig
-from x2core.tokenizers import load_tokenizer
+from x2core.model.config import TextConfig
+from x2core.data.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 

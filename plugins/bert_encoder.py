@@ -3,8 +3,8 @@
 Wraps ``transformers.BertModel`` (no pooler) with a WordPiece tokenizer. Built
 from a local HF directory (``bert-base-uncased`` saved with ``save_pretrained``; a
 ``BertForMaskedLM`` checkpoint also provides the MLM head) or randomly
-initialised from the :class:`~x2core.model_config.TextConfig` sizes. With no
-tokenizer configured it uses :func:`x2core.tokenizers.builtin_wordpiece_vocab`, so
+initialised from the :class:`~x2core.model.config.TextConfig` sizes. With no
+tokenizer configured it uses :func:`x2core.data.tokenizers.builtin_wordpiece_vocab`, so
 tests and the demo run with no files at all. Shared machinery: ``_hf_text``.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import transformers
 from torch import nn
 from transformers.activations import ACT2FN
 
-from x2core.model_config import TextConfig
-from x2core.tokenizers import builtin_wordpiece_tokenizer
+from x2core.model.config import TextConfig
+from x2core.data.tokenizers import builtin_wordpiece_tokenizer
 
 from ._hf_text import HFTextEncoder, tied_decoder
 

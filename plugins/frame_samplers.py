@@ -10,11 +10,12 @@ returning ``n`` non-decreasing frame indices in ``[0, num_frames)``. ``rng`` is 
 function of its arguments and the RNG state. Evaluation (``training=False``) never
 draws from ``rng``. ``fps`` is the video's native frame rate, when known.
 
-Resolve samplers with :func:`x2core.video_io.get_frame_sampler`, which also checks
+Resolve samplers with :func:`x2core.data.video_decode.get_frame_sampler`, which also checks
 the inputs and what a (third-party) sampler returns.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import random
 
@@ -154,6 +155,8 @@ def _no_options(name, fn):
         return fn
     factory.__name__ = f"{fn.__name__}_factory"
     factory.__doc__ = fn.__doc__
+    # What config checks read (x2core.data.video_datasets.frame_sampler_spec): no options.
+    factory.__signature__ = inspect.Signature()
     return factory
 
 

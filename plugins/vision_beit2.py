@@ -1,6 +1,6 @@
 """First-party plugin: the BEiT-v2 ViT image encoder of X2-VLM (``vision.name: beit2``).
 
-Registration only; ``x2core.vision`` (torch) loads when a model is built.
+Registration only; ``x2core.model.vision`` (torch) loads when a model is built.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from x2core.hookspecs import hookimpl
 
 
 def build_beit2(cfg):
-    from x2core.vision import build_beit2 as build
+    from x2core.model.vision import build_beit2 as build
     return build(cfg)
 
 

@@ -18,7 +18,7 @@ import transformers
 from torch import nn
 
 from x2core.errors import ConfigError
-from x2core.model_config import TextConfig
+from x2core.model.config import TextConfig
 
 from ._hf_text import HFTextEncoder, tied_decoder
 
@@ -60,7 +60,7 @@ class XLMRobertaTextEncoder(HFTextEncoder):
             "text encoder 'xlm-roberta' needs a SentencePiece tokenizer: set config field "
             "'text.tokenizer' to a SentencePiece .model file or a tokenizer directory, or "
             "'text.pretrained' to a local XLM-R directory. To make one from your own texts: "
-            "`from x2core.tokenizers import train_sentencepiece; "
+            "`from x2core.data.tokenizers import train_sentencepiece; "
             "train_sentencepiece(texts, 'my_spm', vocab_size=8000)` writes my_spm.model.")
 
     @classmethod

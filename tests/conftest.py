@@ -19,7 +19,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def synthetic_stores(tmp_path_factory):
     """``{"images", "regions", "heldout_retrieval", "heldout_grounding", "raw"}`` paths."""
-    from x2core.packing import pack
+    from x2core.data.packing import pack
     from x2datasets.synthetic import generate
 
     root = tmp_path_factory.mktemp("synthetic")

@@ -1,10 +1,10 @@
-"""x2core.attention: SDPA and the written-out math path agree; masks; bf16; empty rows."""
+"""x2core.model.attention: SDPA and the written-out math path agree; masks; bf16; empty rows."""
 import math
 
 import pytest
 import torch
 
-from x2core.attention import attention, key_padding_to_mask
+from x2core.model.attention import attention, key_padding_to_mask
 from x2core.errors import InputError
 
 B, H, LQ, LK, DH = 3, 2, 5, 7, 8

@@ -9,15 +9,18 @@ import torch
 
 
 def test_bench_command_on_cpu_writes_results(tmp_path, capsys, monkeypatch):
-    from x2core.cli import main
+    from x2core.cli.app import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--batch-size", "2", "--steps", "1", "--compile", "no", "--json", str(out)])
+    rc = main(["bench", "--batch-size", "2", "--steps", "1", "--compile", "no", "--output", str(out),
+               "--json"])
     assert rc == 0
-    printed = capsys.readouterr().out
-    assert "no GPU present" in printed and "x2vlm-tiny" in printed
+    # --json: stdout is the JSON alone, the table moves to stderr; --output: the same JSON in a file
+    captured = capsys.readouterr()
+    assert "no GPU present" in captured.err and "x2vlm-tiny" in captured.err
     (row,) = json.loads(out.read_text())
+    assert json.loads(captured.out) == [row]
     assert row["model"] == "x2vlm-tiny" and row["mode"] == "eager" and row["dtype"] == "float32"
     assert row["samples_per_s"] > 0 and row["tflops_per_step"] > 0 and row["peak_mem_gib"] > 0
     assert 0 < row["mfu"] <= 1.0
@@ -30,7 +33,7 @@ def test_counted_step_flops_are_forward_plus_backward():
     from torch.utils.flop_counter import FlopCounterMode
 
     import x2core
-    from x2core.bench import bench_train_step, synthetic_batch
+    from x2core.train.bench import bench_train_step, synthetic_batch
 
     torch.manual_seed(0)
     model = x2core.create_model("x2vlm-tiny").train()

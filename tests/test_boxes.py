@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from x2core.boxes import (box_cxcywh_to_xyxy, box_iou, box_to_patch_mask, box_xyxy_to_cxcywh,
+from x2core.model.boxes import (box_cxcywh_to_xyxy, box_iou, box_to_patch_mask, box_xyxy_to_cxcywh,
                           boxes_to_patch_masks, generalized_box_iou, pairwise_generalized_box_iou,
                           pool_regions)
 from x2core.errors import InputError

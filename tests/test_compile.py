@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import x2core
-from x2core.bench import synthetic_batch
-from x2core.losses import bbox_losses, mlm_loss
+from x2core.train.bench import synthetic_batch
+from x2core.model.losses import bbox_losses, mlm_loss
 
 CPU = torch.device("cpu")
 
@@ -111,7 +111,7 @@ def test_a_degenerate_box_zeroes_the_batch_giou_without_nan_gradients():
 def test_itc_keeps_large_image_ids_distinct_under_bf16_autocast():
     """COCO-size ids (> 256) must not round together in bf16: four distinct ids give the
     same loss as one positive per row (idx=None)."""
-    from x2core.losses import itc_loss
+    from x2core.model.losses import itc_loss
 
     torch.manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)

@@ -5,7 +5,7 @@ import pytest
 
 from x2core.config import apply_overrides, from_dict, to_dict
 from x2core.errors import ConfigError
-from x2core.model_config import ModelConfig
+from x2core.model.config import ModelConfig
 
 
 def test_round_trip_and_nested_types():
@@ -15,8 +15,8 @@ def test_round_trip_and_nested_types():
 
 
 @pytest.mark.parametrize("data, needle", [
-    ({"vision": {"widht": 3}}, "unknown config field 'vision.widht' (did you mean 'width'?)"),
-    ({"vison": {}}, "unknown config field 'vison' (did you mean 'vision'?)"),
+    ({"vision": {"widht": 3}}, "unknown config field 'vision.widht'; did you mean 'width'?"),
+    ({"vison": {}}, "unknown config field 'vison'; did you mean 'vision'?"),
     ({"vision": {"depth": "12"}}, "'vision.depth' must be an integer"),
     ({"vision": {"attn_impl": "flash"}}, "'vision.attn_impl' must be one of"),
     ({"vision": {"image_size": 100}}, "must be a multiple of 'vision.patch_size'"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import x2core
-from x2adapters.model_dir import from_pretrained
+from x2core.model.directory import from_pretrained
 from x2adapters.reference import (REFERENCE_KEY_PATTERNS, convert_reference_checkpoint,
                                   reference_config, to_reference_state_dict)
 from x2core.config import to_dict
@@ -43,9 +43,9 @@ def ckpt(model, tmp_path_factory):
 
 def convert_cli(*argv):
     """Run ``x2vlm convert`` through the real CLI (the command is wired in here for the test)."""
-    from x2core import cli
+    from x2core.cli import app as cli
     saved = dict(cli.COMMANDS)
-    cli.COMMANDS.setdefault("convert", ("x2core.commands.convert", "convert a reference checkpoint"))
+    cli.COMMANDS.setdefault("convert", ("x2core.cli.convert", "convert a reference checkpoint"))
     try:
         return cli.main(["convert", *map(str, argv)])
     finally:
@@ -174,7 +174,7 @@ def test_video_frame_embedding_is_mapped_and_resized(model):
 
 
 def test_multilingual_layout_round_trip(tmp_path):
-    from x2core.tokenizers import train_sentencepiece
+    from x2core.data.tokenizers import train_sentencepiece
     corpus = ["a man riding a horse", "ein Mann reitet ein Pferd", "un chat dort sur le canapé",
               "two dogs play in the park"] * 5
     spm = train_sentencepiece(corpus, tmp_path / "spm", vocab_size=60)
@@ -242,7 +242,7 @@ def test_vocabulary_without_tokenizer_is_refused(model):
 
 
 def test_convert_parser_help_is_light():
-    from x2core.commands import convert
+    from x2core.cli import convert
     p = argparse.ArgumentParser()
     convert.add_arguments(p)
     args = p.parse_args(["--from", "xvlm", "a.pth", "--out", "d", "--allow-partial"])

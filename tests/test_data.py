@@ -10,15 +10,16 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from x2core.boxes import boxes_to_patch_masks
-from x2core.data import (EpochBatchSampler, ImageTextDataset, MixedLoader, RegionTextDataset,
-                         StreamSpec, collate_image_text, collate_regions)
+from x2core.model.boxes import boxes_to_patch_masks
+from x2core.data.collate import collate_image_text, collate_regions
+from x2core.data.datasets import ImageTextDataset, RegionTextDataset
+from x2core.data.mixing import EpochBatchSampler, MixedLoader, StreamSpec
 from x2core.errors import ConfigError, InputError
-from x2core.masking import MaskingConfig, TextMaskingGenerator
-from x2core.store import LmdbReader, LmdbWriter
-from x2core.text import TextProcessor
-from x2core.tokenizers import wordpiece_tokenizer
-from x2core.transforms import CLIP_MEAN, CLIP_STD
+from x2core.data.masking import MaskingConfig, TextMaskingGenerator
+from x2core.data.store import LmdbReader, LmdbWriter
+from x2core.data.text import TextProcessor
+from x2core.data.tokenizers import wordpiece_tokenizer
+from x2core.data.transforms import CLIP_MEAN, CLIP_STD
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "man", "riding", "horse",
          "ein", "hund", "red", "box", "on", "the", "left", "blue", "photo", "of", "big", "cat",
@@ -441,7 +442,7 @@ def test_loader_config_errors():
 
 
 def test_collated_batches_run_through_the_tiny_model(region_store, image_store):
-    from x2core.factory import create_model
+    from x2core.model.factory import create_model
     model = create_model("x2vlm-tiny")
     res, patch = model.config.vision.image_size, model.config.vision.patch_size
     tp = TextProcessor.from_encoder(model.text_encoder, 16, MaskingConfig(max_masks=4))

@@ -16,7 +16,7 @@ THIRD_PARTY = textwrap.dedent('''
     from torch import nn
 
     from x2core import hookimpl
-    from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, image_res,
+    from x2core.train.heads import (HeadBase, HeadData, StoreDataset, collate, image_res,
                               load_image)
 
 
@@ -58,7 +58,7 @@ THIRD_PARTY = textwrap.dedent('''
 @pytest.fixture
 def cli(monkeypatch, tmp_path):
     """`x2vlm` with the finetune/eval commands and the heads loaded from X2VLM_PLUGINS."""
-    from x2core import cli as cli_mod
+    from x2core.cli import app as cli_mod
     from x2core.plugin_manager import reset_plugin_manager
 
     (tmp_path / "thirdparty_heads.py").write_text(THIRD_PARTY)
@@ -66,9 +66,9 @@ def cli(monkeypatch, tmp_path):
     monkeypatch.setenv("X2VLM_PLUGINS", "thirdparty_heads")
     monkeypatch.setenv("X2VLM_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.setitem(cli_mod.COMMANDS, "finetune",
-                        ("x2core.commands.finetune", "fine-tune a domain head and evaluate it"))
+                        ("x2core.cli.finetune", "fine-tune a domain head and evaluate it"))
     monkeypatch.setitem(cli_mod.COMMANDS, "eval",
-                        ("x2core.commands.eval", "evaluate a fine-tuned head checkpoint"))
+                        ("x2core.cli.eval", "evaluate a fine-tuned head checkpoint"))
     reset_plugin_manager(None)
     yield cli_mod.main
     reset_plugin_manager(None)
@@ -111,7 +111,7 @@ def test_unknown_head_lists_known(cli, stores, tmp_path, capsys):
 def test_eval_checkpoint_roundtrip_and_init_from(stores, tmp_path):
     """vqa-cls: eval of the saved checkpoint reproduces the run's metrics; init_from a
     fine-tune checkpoint of the same head starts from its weights (same metrics at 0 steps)."""
-    from x2core.finetune import evaluate, finetune, load_finetune_config
+    from x2core.train.finetune import evaluate, finetune, load_finetune_config
     from x2core.plugin_manager import PluginManager
 
     pm = PluginManager(autoload=False)
@@ -130,7 +130,7 @@ def test_eval_checkpoint_roundtrip_and_init_from(stores, tmp_path):
 
 def test_config_is_strict():
     from x2core.errors import ConfigError
-    from x2core.finetune import load_finetune_config
+    from x2core.train.finetune import load_finetune_config
     with pytest.raises(ConfigError, match="batch_sise"):
         load_finetune_config(None, ["head=vqa", "batch_sise=3"])
     with pytest.raises(ConfigError, match="'head' is required"):
@@ -139,11 +139,10 @@ def test_config_is_strict():
 
 def test_recipes_load():
     """Every shipped recipe validates against the schema."""
-    from pathlib import Path
-
-    from x2core.finetune import load_finetune_config
-    recipes = sorted((Path(__file__).parents[1] / "configs" / "finetune").glob("*.yaml"))
-    assert recipes
+    from x2core.cli.configs import list_recipes
+    from x2core.train.finetune import load_finetune_config
+    recipes = [r.path for r in list_recipes() if r.task == "finetune"]
+    assert len(recipes) >= 9
     for path in recipes:
         cfg = load_finetune_config(str(path))
         assert cfg.head
@@ -160,10 +159,10 @@ def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
 
     import torch
 
-    from x2core.finetune import build_head, evaluate, load_finetune_config
-    from x2core.factory import create_model
+    from x2core.train.finetune import build_head, evaluate, load_finetune_config
+    from x2core.model.factory import create_model
     from x2core.plugin_manager import PluginManager
-    from x2core.store import LmdbReader
+    from x2core.data.store import LmdbReader
 
     out = tmp_path / "ddp"
     args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
@@ -279,7 +278,7 @@ def test_resume_flag_and_positional_arguments(argv, want):
     """`--resume` takes an optional CKPT, so argparse may hand it the config or an override."""
     import argparse
 
-    from x2core.commands.finetune import add_arguments, split_config_arg
+    from x2core.cli.finetune import add_arguments, split_config_arg
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -288,7 +287,7 @@ def test_resume_flag_and_positional_arguments(argv, want):
 
 def test_grad_accum_beyond_the_epoch_is_a_config_error(stores, tmp_path):
     from x2core.errors import ConfigError
-    from x2core.finetune import finetune, load_finetune_config
+    from x2core.train.finetune import finetune, load_finetune_config
     from x2core.plugin_manager import PluginManager
 
     cfg = load_finetune_config(None, ["head=vqa-cls", f"train={stores['vqa_train']}",
@@ -337,7 +336,7 @@ def test_data_parallel_finetune_resumes_exactly(stores, tmp_path):
     assert losses("killed") == want
 
     from x2core.errors import CheckpointError
-    from x2core.finetune import finetune, load_finetune_config
+    from x2core.train.finetune import finetune, load_finetune_config
     from x2core.plugin_manager import PluginManager
 
     single = load_finetune_config(None, args + [f"output_dir={tmp_path / 'killed'}"])

@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 
-from x2core.packing import RecordError, pack
+from x2core.data.packing import RecordError, pack
 from x2core.plugin_manager import PluginManager
-from x2core.store import LmdbReader
+from x2core.data.store import LmdbReader
 
 from _data_files import (b64_jpeg, fake_mp4, image_folder, write_json, write_jpeg,
                          write_jsonl)

@@ -9,7 +9,7 @@ import pytest
 
 from x2core.errors import ConfigError, InputError, UnknownNameError
 from x2core.plugin_manager import ENV_PLUGINS, PluginManager, reset_plugin_manager
-from x2core.video_io import get_frame_sampler
+from x2core.data.video_decode import get_frame_sampler
 
 PLUGIN_DIR = pathlib.Path(__file__).parent / "plugins_for_tests"
 BUILTIN = ("segment", "uniform", "head-tail", "fps")
@@ -183,7 +183,7 @@ def test_third_party_sampler_from_x2vlm_plugins(monkeypatch):
     try:
         s = _check_third_party("x2vlm_test_samplers")
         # and the decoding path uses it
-        from x2core.video_io import load_video_frames
+        from x2core.data.video_decode import load_video_frames
         from _data_files import jpeg_bytes
         rec = {"frames": [jpeg_bytes((16, 16), (20 * i, 0, 0)) for i in range(10)]}
         frames, idx = load_video_frames(rec, 3, sampler=s, training=False, rng=random.Random(0))

@@ -7,8 +7,8 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer
 
 from x2core.errors import InputError
-from x2core.fusion import FusionEncoder
-from x2core.model_config import FusionConfig
+from x2core.model.fusion import FusionEncoder
+from x2core.model.config import FusionConfig
 
 HIDDEN, HEADS, INNER = 32, 4, 64
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import x2core
-from x2core.attention import attention
-from x2core.bench import bench_train_step, synthetic_batch
+from x2core.model.attention import attention
+from x2core.train.bench import bench_train_step, synthetic_batch
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
@@ -82,7 +82,7 @@ def test_pretraining_loop_runs_bf16_on_cuda(tmp_path, synthetic_stores):
     from test_train import write_config
 
     from x2core.train.config import load_train_config
-    from x2core.train.loop import train
+    from x2core.train.pretrain import train
 
     cfg = load_train_config(str(write_config(tmp_path, synthetic_stores, "cuda")), ["steps=4"])
     last = train(cfg)

@@ -11,8 +11,8 @@ from x2core.errors import ConfigError, InputError
 @pytest.fixture(scope="session")
 def stores(tmp_path_factory):
     """Synthetic data packed into one store per task split (tiny: 64 px)."""
-    from x2core.packing import pack
-    from x2core.store import LmdbReader, LmdbWriter
+    from x2core.data.packing import pack
+    from x2core.data.store import LmdbReader, LmdbWriter
     from x2datasets.synthetic import generate
 
     root = tmp_path_factory.mktemp("heads")
@@ -51,7 +51,7 @@ def pm():
 
 
 def run(pm, tmp_path, head, train, ev, epochs, *extra, lr="1e-3", stores=None):
-    from x2core.finetune import finetune, load_finetune_config
+    from x2core.train.finetune import finetune, load_finetune_config
     cfg = load_finetune_config(None, [f"head={head}", f"train={stores[train]}", f"eval={stores[ev]}",
                                       f"epochs={epochs}", "batch_size=32", "progress=false",
                                       f"optim.lr={lr}", f"output_dir={tmp_path / head}_{epochs}",
@@ -68,7 +68,7 @@ def test_heads_registered(pm):
 
 def test_vqa_cls_beats_majority(pm, stores, tmp_path):
     from collections import Counter
-    from x2core.store import LmdbReader
+    from x2core.data.store import LmdbReader
     r = LmdbReader(stores["vqa_heldout"])
     majority = 100 * Counter(r[i]["answers"][0] for i in range(len(r))).most_common(1)[0][1] / len(r)
     res = run(pm, tmp_path, "vqa-cls", "vqa_train", "vqa_heldout", 8, stores=stores)

@@ -14,9 +14,9 @@ import torch
 import transformers
 
 from x2adapters.hf_init import fusion_source_layers, init_fusion_from_text, model_from_hf_bert
-from x2adapters.model_dir import from_pretrained, save_pretrained
+from x2core.model.directory import from_pretrained, save_pretrained
 from x2core.errors import ConfigError
-from x2core.tokenizers import builtin_wordpiece_tokenizer
+from x2core.data.tokenizers import builtin_wordpiece_tokenizer
 
 from test_model_dir import assert_same, outputs
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from x2core.losses import itc_loss
+from x2core.model.losses import itc_loss
 
 WORLD, PER_RANK, DIM, EMBED = 2, 3, 6, 4
 

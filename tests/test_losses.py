@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from x2core.losses import bbox_losses, itc_loss, mlm_loss, sample_hard_negatives
+from x2core.model.losses import bbox_losses, itc_loss, mlm_loss, sample_hard_negatives
 
 
 def test_itc_matches_hand_computed_symmetric_cross_entropy():

@@ -6,7 +6,7 @@ import collections
 import pytest
 
 from x2core.errors import InputError
-from x2core.masking import MaskingConfig, TextMaskingGenerator, pad_masks
+from x2core.data.masking import MaskingConfig, TextMaskingGenerator, pad_masks
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "play", "##ing",
          "##ed", "with", "ball", "blue", "square", "on", "the", "left", "un", "##believ", "##able"]

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from x2core.metrics import (accuracy, bleu, cider_d, iou_accuracy, normalize_answer, recall_at_k,
+from x2core.eval.metrics import (accuracy, bleu, cider_d, iou_accuracy, normalize_answer, recall_at_k,
                             recall_from_topk, vqa_accuracy, vqa_score)
-from x2core.metrics.vqa import annotators_from_weights
-from x2core.boxes import box_iou, generalized_box_iou
+from x2core.eval.metrics.vqa import annotators_from_weights
+from x2core.model.boxes import box_iou, generalized_box_iou
 
 
 def test_recall_at_k_known_matrix():

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import x2core
-from x2core.boxes import box_to_patch_mask
+from x2core.model.boxes import box_to_patch_mask
 from x2core.errors import ConfigError, InputError, UnknownNameError
-from x2core.masking import MaskingConfig, TextMaskingGenerator, pad_masks
+from x2core.data.masking import MaskingConfig, TextMaskingGenerator, pad_masks
 
 TEXTS = ["a red circle", "a blue square on the left", "a green triangle", "two yellow circles"]
 
@@ -118,7 +118,7 @@ def test_temperature_is_clamped():
 
 
 def test_swapping_text_encoder_is_config_only(tmp_path):
-    from x2core.tokenizers import train_sentencepiece
+    from x2core.data.tokenizers import train_sentencepiece
 
     spm = train_sentencepiece(TEXTS * 20 + ["ein roter Kreis", "一个红色的圆"] * 20,
                               str(tmp_path / "spm"), vocab_size=60)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import x2core
-from x2adapters.model_dir import (CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, from_pretrained,
+from x2core.model.directory import (CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, from_pretrained,
                                   load_model_weights, save_pretrained)
 from x2core.errors import CheckpointError
 
@@ -126,7 +126,7 @@ def test_not_a_model_directory(tmp_path):
 
 
 def test_training_loop_loader_reads_the_directory(tiny, saved):
-    from x2core.train.loop import load_initial_weights
+    from x2core.train.pretrain import load_initial_weights
     torch.manual_seed(1)
     fresh = x2core.create_model("x2vlm-tiny")
     assert load_initial_weights(fresh, str(saved)) == set()

@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-import x2core
-import x2core.model as model_module
-from x2core.boxes import box_to_patch_mask
+import x2core.model.x2vlm as model_module
+from x2core.model.boxes import box_to_patch_mask
 
 from test_model import image_batch, region_batch, tiny
 

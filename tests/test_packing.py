@@ -11,9 +11,9 @@ import time
 import lmdb
 import pytest
 
-from x2core.cli import main
-from x2core.packing import REPORT_FILE, RecordError, pack
-from x2core.store import PROGRESS_KEY, LmdbReader, LmdbWriter, UnfinishedStoreError, decode
+from x2core.cli.app import main
+from x2core.data.packing import REPORT_FILE, RecordError, pack
+from x2core.data.store import PROGRESS_KEY, LmdbReader, LmdbWriter, UnfinishedStoreError, decode
 
 from _data_files import image_folder, jpeg_bytes, write_corrupt_jpeg, write_json, write_jsonl
 

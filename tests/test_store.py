@@ -7,7 +7,7 @@ import pickle
 import lmdb
 import pytest
 
-from x2core.store import (KEYS_KEY, META_KEY, PROGRESS_KEY, SCHEMA_VERSION, LmdbReader,
+from x2core.data.store import (KEYS_KEY, META_KEY, PROGRESS_KEY, SCHEMA_VERSION, LmdbReader,
                           LmdbWriter, NotAStoreError, SchemaVersionError, StoreError,
                           StoreNotFoundError, UnfinishedStoreError, encode, record_key,
                           release)

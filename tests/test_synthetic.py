@@ -330,7 +330,7 @@ def test_packs_through_the_reference_formats(out, tmp_path):
               "vqa": ("vqa_train", {"answer_list": files["answer_list"]})}
     if not set(wanted) <= names:
         pytest.skip(f"formats {sorted(set(wanted) - names)} not registered yet")
-    from x2core.packing import pack
+    from x2core.data.packing import pack
 
     for fmt, (key, args) in wanted.items():
         report = pack(fmt, [files[key]], root, str(tmp_path / fmt), progress=False, **args)

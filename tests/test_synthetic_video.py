@@ -124,9 +124,9 @@ def test_qa_answers_and_heldout_captions(out):
 
 
 def test_packs_through_video_formats(out, tmp_path):
-    from x2core.packing import pack
-    from x2core.store import LmdbReader
-    from x2core.video_io import get_frame_sampler, load_video_frames
+    from x2core.data.packing import pack
+    from x2core.data.store import LmdbReader
+    from x2core.data.video_decode import get_frame_sampler, load_video_frames
 
     _, files = out
     root = os.path.dirname(files["video_answer_list"])

@@ -6,9 +6,9 @@ import random
 import pytest
 
 from x2core.errors import InputError, X2Error
-from x2core.masking import MaskingConfig, TextMaskingGenerator
-from x2core.text import TextProcessor, pre_caption
-from x2core.tokenizers import wordpiece_tokenizer
+from x2core.data.masking import MaskingConfig, TextMaskingGenerator
+from x2core.data.text import TextProcessor, pre_caption
+from x2core.data.tokenizers import wordpiece_tokenizer
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "riding", "horse", "on",
          "the", "beach", "dog", "person", "with", "red", "ball", "play", "##ing", "left", "of",

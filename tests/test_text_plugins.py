@@ -12,12 +12,12 @@ import pytest
 import torch
 import transformers
 
-from x2adapters.width import WidthAdapter
+from x2core.model.width import WidthAdapter
 from x2core.errors import CheckpointError, ConfigError, InputError, UnknownNameError
 from x2core.interfaces import TextEncoder
-from x2core.model_config import TextConfig
+from x2core.model.config import TextConfig
 from x2core.plugin_manager import PluginManager
-from x2core.tokenizers import build_wordpiece_vocab, builtin_wordpiece_tokenizer, train_sentencepiece
+from x2core.data.tokenizers import build_wordpiece_vocab, builtin_wordpiece_tokenizer, train_sentencepiece
 from x2plugins.bert_encoder import BertMLMHead, BertTextEncoder, build_bert_text_encoder
 from x2plugins.xlmr_encoder import XLMRobertaMLMHead, XLMRobertaTextEncoder, build_xlmr_text_encoder
 

@@ -1,11 +1,11 @@
-"""x2core.tokenizers: vocabularies and SentencePiece models made in-process, and the loader."""
+"""x2core.data.tokenizers: vocabularies and SentencePiece models made in-process, and the loader."""
 from __future__ import annotations
 
 import pytest
 import sentencepiece as spm
 
 from x2core.errors import ConfigError, InputError
-from x2core.tokenizers import (WORDPIECE_SPECIALS, build_wordpiece_vocab, builtin_wordpiece_tokenizer,
+from x2core.data.tokenizers import (WORDPIECE_SPECIALS, build_wordpiece_vocab, builtin_wordpiece_tokenizer,
                                builtin_wordpiece_vocab, load_tokenizer, train_sentencepiece)
 
 CORPUS = ["A man riding a horse on the beach.", "Two dogs play with a red ball.",

@@ -120,10 +120,10 @@ def test_ddp_two_ranks_on_gloo(tmp_path, synthetic_stores):
     logged = losses_by_step(run_dir)[1]
 
     # The same global batch in one process.
-    from x2core.factory import build_model, model_config_for
+    from x2core.model.factory import build_model, model_config_for
     from x2core.train.config import load_train_config
     from x2core.train.distributed import DistInfo
-    from x2core.train.loop import seed_everything
+    from x2core.train.pretrain import seed_everything
     from x2core.train.streams import build_streams
 
     cfg = load_train_config(str(cfg_path))
@@ -224,7 +224,7 @@ def test_checkpoint_of_another_architecture_refuses_to_load(tmp_path, synthetic_
 
 def test_nan_guard_skips_then_aborts(tmp_path, synthetic_stores):
     from x2core.train.config import load_train_config
-    from x2core.train.loop import NonFiniteLossError, train
+    from x2core.train.pretrain import NonFiniteLossError, train
 
     cfg = load_train_config(str(write_config(tmp_path, synthetic_stores, "nan")),
                             ["optim.lr=1e30", "clip_grad=1e30", "max_nonfinite=2", "steps=50"])
@@ -238,7 +238,7 @@ def test_compile_option_trains_like_eager(tmp_path, synthetic_stores, monkeypatc
     """`compile: true` wraps the whole multi-stream step in torch.compile; traced with the
     aot_eager backend (no code generation, CPU-fast) the losses follow the eager run."""
     from x2core.train.config import load_train_config
-    from x2core.train.loop import train
+    from x2core.train.pretrain import train
 
     real_compile = torch.compile
     calls = []

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from x2core import transforms as T
+from x2core.data import transforms as T
 from x2core.errors import InputError, X2Error
 
 RED = (255, 0, 0)

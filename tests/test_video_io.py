@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from x2core.errors import InputError, X2Error
-from x2core.packing import RecordError, pack
-from x2core.store import LmdbReader
-from x2core.video_io import get_frame_sampler, load_video_frames, video_info
+from x2core.data.packing import RecordError, pack
+from x2core.data.store import LmdbReader
+from x2core.data.video_decode import get_frame_sampler, load_video_frames, video_info
 
 from _data_files import write_jsonl
 
@@ -215,12 +215,12 @@ def test_decord_missing_gives_the_install_hint(monkeypatch, stores):
 
 def test_video_io_imports_without_decord():
     code = ("import sys; sys.modules['decord'] = None\n"
-            "import x2core.video_io, x2core.video_data, x2core.data\n"
+            "import x2core.data.video_decode, x2core.data.video_datasets, x2core.data.datasets\n"
             "import x2plugins.frame_samplers\n"
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
-    code = "import sys, x2core.video_io, x2core.video_data; print('decord' in sys.modules)"
+    code = "import sys, x2core.data.video_decode, x2core.data.video_datasets; print('decord' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -269,7 +269,7 @@ def test_inspect_describes_frame_records_without_dumping_bytes():
 
     from PIL import Image as _Image
 
-    from x2core.commands.inspect import describe
+    from x2core.cli.inspect import describe
     buf = _io.BytesIO()
     _Image.new("RGB", (8, 6)).save(buf, format="JPEG")
     out = describe({"frames": [buf.getvalue()] * 3, "video_id": "v1"})

@@ -58,8 +58,8 @@ def test_more_frames_than_the_table_is_a_clear_error():
 
 @pytest.mark.parametrize("new_frames", [8, 2])
 def test_changing_the_frame_count_resizes_the_table_on_load(tmp_path, new_frames):
-    from x2adapters.model_dir import from_pretrained, save_pretrained
-    from x2core.train.loop import load_initial_weights
+    from x2core.model.directory import from_pretrained, save_pretrained
+    from x2core.train.pretrain import load_initial_weights
 
     pre = tiny(max_frames=3)  # pretrained on 3 frames, as X2-VLM
     with torch.no_grad():
@@ -89,20 +89,20 @@ def test_changing_the_frame_count_resizes_the_table_on_load(tmp_path, new_frames
 
 
 def test_a_table_of_another_width_is_still_refused(tmp_path):
-    from x2adapters.model_dir import check_state_fits
+    from x2core.model.loading import compare_state
     from x2core.errors import CheckpointError
 
     m = tiny(max_frames=3)
     state = dict(m.state_dict())
     state["video_pooling.frame_pos_embed"] = torch.zeros(1, 3, 1, 32)
     with pytest.raises(CheckpointError, match="frame_pos_embed"):
-        check_state_fits(m.state_dict(), state, source="file")
+        compare_state(m.state_dict(), state, source="file").raise_for_problems()
 
 
 def test_a_frame_count_beyond_the_table_is_a_config_error_naming_the_field():
     from x2core.errors import ConfigError
-    from x2core.model_config import VideoConfig
-    from x2core.video_model import check_frame_count
+    from x2core.model.config import VideoConfig
+    from x2core.model.video import check_frame_count
 
     check_frame_count(VideoConfig(max_frames=3), 3, "data.videos.num_frames")
     check_frame_count(VideoConfig(max_frames=3, frame_pos_embed=False), 9, "data.videos.num_frames")

@@ -14,8 +14,8 @@ pytest.importorskip("decord")
 
 @pytest.fixture(scope="module")
 def video_stores(tmp_path_factory):
-    from x2core.packing import pack
-    from x2core.tokenizers import build_wordpiece_vocab
+    from x2core.data.packing import pack
+    from x2core.data.tokenizers import build_wordpiece_vocab
     from x2datasets.synthetic import generate
 
     root = tmp_path_factory.mktemp("video")
@@ -48,7 +48,7 @@ def model_overrides(vocab, **video):
 def pretrain(stores, out, steps, data, init_from=None, **video):
     from x2core.config import from_dict
     from x2core.train.config import TrainConfig
-    from x2core.train.loop import train
+    from x2core.train.pretrain import train
 
     cfg = from_dict(TrainConfig, {
         "model": "x2vlm-tiny", "model_overrides": model_overrides(stores["vocab"], **video),
@@ -95,7 +95,7 @@ def test_video_and_image_streams_mix_and_the_frame_count_changes_at_fine_tune(vi
     assert table3.shape[1] == 3
 
     # fine-tune on 6 frames from the 3-frame checkpoint: the table grows, rows 0-2 carried over
-    from x2core.finetune import finetune, load_finetune_config
+    from x2core.train.finetune import finetune, load_finetune_config
     cfg = load_finetune_config(None, [
         "head=video-retrieval", f"train={video_stores['videos']}", f"eval={video_stores['video_heldout']}",
         f"init_from={ckpt}", "steps=1", "batch_size=4", "progress=false", "save_checkpoint=true",
@@ -117,7 +117,7 @@ def latest_ckpt_file(run_dir):
 
 
 def run_head(video_stores, tmp_path, head, train, ev, epochs, *extra):
-    from x2core.finetune import finetune, load_finetune_config
+    from x2core.train.finetune import finetune, load_finetune_config
     cfg = load_finetune_config(None, [
         f"head={head}", f"train={video_stores[train]}", f"eval={video_stores[ev]}", f"epochs={epochs}",
         "batch_size=16", "progress=false", "optim.lr=1e-3", f"output_dir={tmp_path / head}_{epochs}",
@@ -138,7 +138,7 @@ def test_video_retrieval_beats_chance(video_stores, tmp_path):
 
 def test_video_qa_beats_the_majority_answer(video_stores, tmp_path):
     from collections import Counter
-    from x2core.store import LmdbReader
+    from x2core.data.store import LmdbReader
     r = LmdbReader(video_stores["qa_heldout"])
     majority = 100 * Counter(r[i]["answers"][0] for i in range(len(r))).most_common(1)[0][1] / len(r)
     res = run_head(video_stores, tmp_path, "video-qa", "qa_train", "qa_heldout", 4)

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from x2core.errors import CheckpointError, InputError
-from x2core.factory import model_config_for
-from x2core.model_config import VisionConfig
-from x2core.vision import (VisionTransformer, build_beit2, load_beit2_checkpoint,
+from x2core.model.factory import model_config_for
+from x2core.model.config import VisionConfig
+from x2core.model.vision import (VisionTransformer, build_beit2, load_beit2_checkpoint,
                            num_relative_distances, relative_position_index,
                            resize_rel_pos_bias_table)
 

@@ -10,12 +10,12 @@ import torch
 import transformers
 
 import x2core
-from x2adapters.model_dir import from_pretrained, load_model_weights, save_pretrained
-from x2adapters.width import WidthAdapter
-from x2adapters.xlmr_swap import (read_english_model, swap_text_encoder,
-                                  swap_to_directory, training_overrides)
+from x2adapters.xlmr_swap import read_english_model, swap_text_encoder, swap_to_directory
+from x2core.model.directory import (from_pretrained, load_model_weights, save_pretrained,
+                                    training_overrides)
+from x2core.model.width import WidthAdapter
 from x2core.errors import CheckpointError, ConfigError, InputError
-from x2core.tokenizers import train_sentencepiece
+from x2core.data.tokenizers import train_sentencepiece
 
 CORPUS = ["a red circle on the left", "two blue squares at the top", "a green triangle",
           "ein roter Kreis links", "zwei blaue Quadrate oben", "ein grünes Dreieck",
@@ -64,7 +64,7 @@ def narrow(english_dir, spm):
 @pytest.fixture(scope="module")
 def xlmr_dir(tmp_path_factory, spm):
     """A tiny XLMRobertaForMaskedLM directory (with lm_head weights) and its tokenizer."""
-    from x2core.tokenizers import sentencepiece_tokenizer
+    from x2core.data.tokenizers import sentencepiece_tokenizer
 
     torch.manual_seed(1)
     d = tmp_path_factory.mktemp("xlmr")
@@ -193,10 +193,10 @@ def test_round_trip_and_init_from_leaves_out_new_parameters(swapped_dir, tmp_pat
         assert torch.equal(model.encode_text(tok["text_ids"], tok["text_atts"]),
                            loaded.encode_text(tok["text_ids"], tok["text_atts"]))
     # the directory records exactly the new parameters: the loop gives them lr * lr_mult
-    from x2core.factory import model_config_for
-    from x2core.factory import build_model
+    from x2core.model.factory import model_config_for
+    from x2core.model.factory import build_model
     from x2core.train.config import OptimConfig
-    from x2core.train.loop import load_initial_weights
+    from x2core.train.pretrain import load_initial_weights
     from x2core.train.optim import param_groups
 
     start = training_overrides(out)
@@ -214,8 +214,8 @@ def test_round_trip_and_init_from_leaves_out_new_parameters(swapped_dir, tmp_pat
 
 
 def test_cli_swap_and_multilingual_eval(english_dir, spm, synthetic_stores, tmp_path, capsys):
-    from x2core.cli import main
-    from x2core.packing import pack
+    from x2core.cli.app import main
+    from x2core.data.packing import pack
 
     out = tmp_path / "cli"
     rc = main(["swap-text", "--from", str(english_dir), "--xlmr", str(spm), "--out", str(out),
@@ -233,13 +233,19 @@ def test_cli_swap_and_multilingual_eval(english_dir, spm, synthetic_stores, tmp_
     assert main(["multilingual-eval", str(out), "--store", str(store), "--max-tokens", "16"]) == 0
     table = capsys.readouterr().out
     assert "| de |" in table and "| en |" in table and "| chance |" in table
+    # --json: the metrics alone on stdout; --output: the same JSON in a file
+    assert main(["multilingual-eval", str(out), "--store", str(store), "--max-tokens", "16",
+                 "--json", "--output", str(tmp_path / "ml.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert sorted(printed) == ["de", "en"] and printed["de"]["num_images"] > 0
+    assert json.loads((tmp_path / "ml.json").read_text()) == printed
 
 
 # --- per-language retrieval ----------------------------------------------------------------
 
 def test_per_language_retrieval_on_the_synthetic_set(swapped_dir, synthetic_stores, tmp_path):
-    from x2core.multilingual_eval import evaluate_multilingual, multilingual_table
-    from x2core.packing import pack
+    from x2core.eval.multilingual import evaluate_multilingual, multilingual_table
+    from x2core.data.packing import pack
 
     raw = Path(synthetic_stores["raw"])
     store = tmp_path / "multi30k_style"
@@ -294,7 +300,7 @@ def test_bad_inputs_error_clearly(english_dir, spm, xlmr_dir, tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path, spm, capsys):
-    from x2core.cli import main
+    from x2core.cli.app import main
 
     rc = main(["swap-text", "--from", str(tmp_path / "missing"), "--xlmr", str(spm),
                "--out", str(tmp_path / "o")])
@@ -305,10 +311,12 @@ def test_cli_errors_are_one_line(tmp_path, spm, capsys):
 # --- configs -----------------------------------------------------------------------------
 
 def test_multilingual_configs_load():
-    from x2core.factory import model_config_for
+    from x2core.model.factory import model_config_for
     from x2core.train.config import load_train_config
 
-    paths = sorted((Path(__file__).parents[1] / "configs").glob("multilingual_*.yaml"))
+    from x2core.cli.configs import list_recipes
+
+    paths = [r.path for r in list_recipes() if r.name.startswith("multilingual_")]
     assert len(paths) >= 2
     expected = {"base": (4e-5, 2e-5, 8e-5, 4e-5, 60), "large": (3e-5, 1e-5, 6e-5, 3e-5, 30)}
     for path in paths:

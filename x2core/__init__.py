@@ -8,9 +8,9 @@ Public API (timm-style)::
 """
 from __future__ import annotations
 
-from .errors import ConfigError, InputError, UnknownNameError, X2Error
-from .hookspecs import hookimpl
-from .plugin_manager import get_plugin_manager
+from x2core.errors import ConfigError, InputError, UnknownNameError, X2Error
+from x2core.hookspecs import hookimpl
+from x2core.plugin_manager import get_plugin_manager
 
 __version__ = "0.1.0"
 
@@ -23,9 +23,9 @@ def __getattr__(name):
     # The model stack imports torch and transformers; keep `import x2core` light
     # for the CLI's --help and for plugin modules that only need `hookimpl`.
     if name in ("create_model", "list_models", "model_config_for"):
-        from . import factory
+        from x2core.model import factory
         return getattr(factory, name)
     if name in ("save_pretrained", "from_pretrained"):
-        from x2adapters import model_dir  # config JSON + safetensors, no pickle
+        from x2core.model import directory as model_dir  # config JSON + safetensors, no pickle
         return getattr(model_dir, name)
     raise AttributeError(f"module 'x2core' has no attribute {name!r}")

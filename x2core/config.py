@@ -4,7 +4,7 @@ Every config in the framework is a plain ``@dataclass``. :func:`from_dict` build
 one from nested dicts and refuses unknown or mistyped fields with the dotted path
 of the field and the closest valid name, e.g.::
 
-    ConfigError: unknown config field 'model.vision.widht' (did you mean 'width'?)
+    ConfigError: unknown config field 'model.vision.widht'; did you mean 'width'?
 
 :func:`apply_overrides` applies ``a.b.c=value`` dotlist overrides (values parsed
 as YAML scalars) before validation, so the CLI and tests share one path.
@@ -12,7 +12,6 @@ as YAML scalars) before validation, so the CLI and tests share one path.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -20,14 +19,9 @@ from typing import Any, Mapping, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from .errors import ConfigError
+from x2core.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
-
-
-def _suggest(name: str, options) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _type_name(tp: Any) -> str:
@@ -109,7 +103,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, _path: str = "") 
     for key in data:
         if key not in fields:
             where = f"{_path}.{key}" if _path else key
-            raise ConfigError(f"unknown config field '{where}'{_suggest(key, fields)}")
+            raise ConfigError(f"unknown config field '{where}'{did_you_mean(key, fields, n=1)}")
     kwargs = {}
     for name, value in data.items():
         where = f"{_path}.{name}" if _path else name

@@ -5,6 +5,9 @@ the CLI can print one clear line instead of a stack trace.
 """
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class X2Error(Exception):
     """Base class of every user-facing error."""
@@ -31,3 +34,13 @@ class InputError(X2Error, ValueError):
 
 class CheckpointError(X2Error, RuntimeError):
     """A checkpoint does not fit the model (lists offending keys and shapes)."""
+
+
+def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
+    """``"; did you mean 'a' or 'b'?"`` with up to ``n`` closest options, or ``""``."""
+    close = difflib.get_close_matches(word, list(options), n=n)
+    if not close:
+        return ""
+    quoted = [f"'{c}'" for c in close]
+    listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return f"; did you mean {listed}?"

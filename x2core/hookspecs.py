@@ -27,7 +27,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def x2vlm_register_text_encoders(register):
     """Register text encoders: ``register(name, factory, description="")``.
 
-    ``factory(config: x2core.model_config.TextConfig) -> TextEncoder`` builds the
+    ``factory(config: x2core.model.config.TextConfig) -> TextEncoder`` builds the
     module and its tokenizer (see :class:`x2core.interfaces.TextEncoder`).
     """
 
@@ -44,7 +44,7 @@ def x2vlm_register_frame_samplers(register):
     ``factory(**options)`` returns the sampler,
     ``sampler(num_frames, n, *, training, rng, fps=None) -> list[int]`` (``n`` indices in
     ``[0, num_frames)``; ``rng`` a ``random.Random``; ``fps`` the video's rate when
-    known). Resolve one with :func:`x2core.video_io.get_frame_sampler`.
+    known). Resolve one with :func:`x2core.data.video_decode.get_frame_sampler`.
     """
 
 
@@ -60,31 +60,51 @@ def x2vlm_register_datasets(register):
 
 @hookspec
 def x2vlm_register_adapters(register):
-    """Register checkpoint converters and parameter-efficient adapters."""
+    """Register checkpoint converters and parameter-efficient adapters.
+
+    Converters the ``x2vlm convert --from NAME`` command offers carry
+    ``converts_from="NAME"``; their factory is ``(checkpoint, *, out=None, **options) ->
+    (model, report)`` and writes a model directory when ``out`` is given.
+    """
 
 
-# --- lifecycle (called by the training loop) ----------------------------------------
+@hookspec
+def x2vlm_register_generators(register):
+    """Register procedural data generators (``factory(out_dir, **options)`` writes raw
+    annotation files and media), such as the synthetic world the demos and tests use."""
+
+
+# --- lifecycle (called by the training loops) ----------------------------------------
+#
+# ``state`` is an :class:`x2core.train.runtime.TrainState`, the same type in pretraining and
+# fine-tuning: ``cfg`` (TrainConfig or FinetuneConfig), ``model`` (the module that trains:
+# the X2VLM core in pretraining, the head in fine-tuning, whose ``.model`` is the core; the
+# sharded module under ``strategy=fsdp``), ``optimizer``, ``scheduler``, ``loader``,
+# ``dist`` (rank, world_size, device), ``step`` (optimizer updates so far), ``output_dir``
+# and ``history`` (the logged metrics rows).
 
 @hookspec
 def x2vlm_train_start(state):
-    """Training is about to start; ``state`` is the loop's TrainState."""
+    """Training is about to start (every rank), after a ``--resume`` restored ``state``."""
 
 
 @hookspec
 def x2vlm_train_step_end(state, step, metrics):
-    """One optimizer step finished; ``metrics`` maps names to floats."""
+    """One optimizer step finished (every rank); ``metrics`` maps names to floats (the
+    losses averaged over ranks, ``lr``, ``grad_norm``, ``skipped``: 1.0 when a NaN/inf
+    loss skipped the update)."""
 
 
 @hookspec
 def x2vlm_evaluate_end(state, step, metrics):
-    """An evaluation finished; ``metrics`` maps names to floats."""
+    """An evaluation finished (fine-tuning, rank 0); ``metrics`` maps names to floats."""
 
 
 @hookspec
 def x2vlm_checkpoint_saved(state, step, path):
-    """A checkpoint was written atomically to ``path``."""
+    """A checkpoint was written atomically to ``path`` (rank 0)."""
 
 
 @hookspec
 def x2vlm_train_end(state, metrics):
-    """Training finished (also after an interruption that was handled)."""
+    """Training finished (every rank; also after an interruption that was handled)."""

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator
 
 import pluggy
 
-from . import hookspecs
-from .errors import DuplicateNameError, UnknownNameError, X2Error
+from x2core import hookspecs
+from x2core.errors import DuplicateNameError, UnknownNameError, X2Error
 
 ENTRY_POINT_GROUP = "x2vlm"
 ENV_DISABLE_AUTOLOAD = "X2VLM_DISABLE_PLUGIN_AUTOLOAD"
@@ -50,12 +50,13 @@ KINDS: dict[str, str] = {
     "heads": "x2vlm_register_heads",
     "datasets": "x2vlm_register_datasets",
     "adapters": "x2vlm_register_adapters",
+    "generators": "x2vlm_register_generators",
 }
 
 _SINGULAR = {
     "text_encoders": "text encoder", "vision_encoders": "vision encoder",
     "frame_samplers": "frame sampler", "heads": "head", "datasets": "dataset format",
-    "adapters": "adapter",
+    "adapters": "adapter", "generators": "data generator",
 }
 
 
@@ -172,7 +173,7 @@ class PluginManager:
 
     def _load_entry_points(self) -> None:
         for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-            if self.pm.has_plugin(ep.name) or self.pm.is_blocked(ep.name):
+            if self.pm.has_plugin(ep.name):
                 continue
             dist = getattr(ep, "dist", None)
             dist_info = (dist.metadata["Name"], dist.version) if dist else ("(unknown)", "")

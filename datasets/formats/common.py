@@ -1,6 +1,6 @@
 """Shared pieces of the format readers: annotation files, texts, languages, images, boxes.
 
-A reader (see :mod:`x2core.packing`) yields ``(file, index, raw)`` entries in a fixed
+A reader (see :mod:`x2core.data.packing`) yields ``(file, index, raw)`` entries in a fixed
 order and turns each into one record, raising :class:`RecordError` naming the file,
 the index (the line for JSON lines, the position for a JSON list) and the field.
 Per-entry problems never stop :meth:`FormatReader.entries`: an unparsable JSON line is
@@ -18,20 +18,12 @@ import re
 from typing import Any, Iterator
 
 from x2core.errors import ConfigError, InputError
-from x2core.packing import RecordError
+from x2core.data.languages import normalize_lang  # noqa: F401  (the readers' name for it)
+from x2core.data.packing import RecordError
 
 from .images import BadImage, PackedImage, prepare_image
 
-# 2-3 letter primary tag, then optional BCP-47-ish subtags: en, de, zh-cn, pt_BR, zh-Hans.
-_LANG_RE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (then clipped)
-
-
-def normalize_lang(key: Any) -> str | None:
-    """``"zh_CN"`` -> ``"zh-cn"``; ``None`` when ``key`` is not a language code."""
-    if isinstance(key, str) and _LANG_RE.match(key):
-        return key.lower().replace("_", "-")
-    return None
 
 
 class Malformed:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from x2core.errors import InputError
-from x2core.heads import fusion_width
-from x2core.model import build_mlp
+from x2core.train.heads import fusion_width
+from x2core.model.x2vlm import build_mlp
 
 
 def build_answer_mlp(head, n: int) -> nn.Sequential:

@@ -8,7 +8,7 @@ takes padding masks, so its layers cannot run causally: the fusion layers read t
 encoder's word embeddings plus a learned position table (a documented deviation from the
 reference's 18-layer causal pass). Generation: beam search with ``min_length`` /
 ``max_length``, the prompt as prefix and optional n-gram blocking. Metrics: corpus BLEU-4
-and CIDEr-D (:mod:`x2core.metrics.caption`).
+and CIDEr-D (:mod:`x2core.eval.metrics.caption`).
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width, image_res,
+from x2core.train.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width, image_res,
                           load_image, pick_texts)
-from x2core.metrics.caption import bleu, cider_d, tokenize_caption
-from x2core.text import pre_caption
+from x2core.eval.metrics.caption import bleu, cider_d, tokenize_caption
+from x2core.data.text import pre_caption
 
 
 @dataclass

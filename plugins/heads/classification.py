@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from x2core.errors import InputError
-from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
+from x2core.train.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
                           load_image, maybe_progress, move_to, text_processor)
-from x2core.metrics.classification import accuracy
-from x2core.model import build_mlp
+from x2core.eval.metrics.classification import accuracy
+from x2core.model.x2vlm import build_mlp
 
 
 @dataclass

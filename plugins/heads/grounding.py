@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from x2core.boxes import box_cxcywh_to_xyxy, box_iou
-from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, image_res, load_image,
+from x2core.model.boxes import box_cxcywh_to_xyxy, box_iou
+from x2core.train.heads import (HeadBase, HeadData, StoreDataset, collate, image_res, load_image,
                           text_processor)
-from x2core.losses import bbox_losses
-from x2core.metrics.boxes import iou_accuracy
-from x2core.transforms import box_to_target
+from x2core.model.losses import bbox_losses
+from x2core.eval.metrics.boxes import iou_accuracy
+from x2core.data.transforms import box_to_target
 
 
 @dataclass
@@ -63,7 +63,7 @@ class GroundingHead(HeadBase):
             region = rec["regions"][r]
             w, h = rec.get("width"), rec.get("height")
             if not w or not h:
-                from x2core.transforms import decode_image
+                from x2core.data.transforms import decode_image
                 w, h = decode_image(rec["image"]).size
             x, y, bw, bh = region["bbox"]
             target = box_to_target([x * res / w, y * res / h, bw * res / w, bh * res / h], res)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width, image_res,
+from x2core.train.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width, image_res,
                           load_image, pick_texts, text_processor)
-from x2core.metrics.classification import accuracy
-from x2core.model import build_mlp
+from x2core.eval.metrics.classification import accuracy
+from x2core.model.x2vlm import build_mlp
 
 
 @dataclass

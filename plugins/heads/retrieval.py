@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from x2core.errors import InputError
-from x2core.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
+from x2core.train.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
                           load_image, pick_texts, text_processor)
-from x2core.evaluation import retrieval_rank
-from x2core.losses import itc_loss
-from x2core.metrics.retrieval import recall_from_topk
+from x2core.eval.ranking import retrieval_rank
+from x2core.model.losses import itc_loss
+from x2core.eval.metrics.retrieval import recall_from_topk
 
 
 @dataclass

@@ -4,7 +4,7 @@ Both read records packed by ``x2vlm pack video-text`` / ``video-qa``: ``video`` 
 bytes) or ``frames`` (pre-extracted JPEGs). ``num_frames`` frames are chosen by a
 frame-sampler plugin (``segment``: random per segment in training, the first of each
 segment in evaluation) and encoded as one video (frame-position embedding, mean over
-frames; :mod:`x2core.video_model`).
+frames; :mod:`x2core.model.video`).
 
 ``video-retrieval`` is the image retrieval head with videos: ITC + ITM hard negatives in
 training; ITC top-``k_test`` then ITM rerank, text->video and video->text R@1/5/10.
@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from x2core.errors import InputError
-from x2core.heads import HeadBase, HeadData, StoreDataset, collate, image_res, text_processor
-from x2core.metrics.classification import accuracy
+from x2core.train.heads import HeadBase, HeadData, StoreDataset, collate, image_res, text_processor
+from x2core.eval.metrics.classification import accuracy
 
 from .answers import answer_index, build_answer_mlp
 from .retrieval import RetrievalHead, RetrievalOptions
@@ -34,14 +34,14 @@ from .retrieval import RetrievalHead, RetrievalOptions
 VIDEO_FIELD = "video|frames"
 
 
-def _video_loader(head, num_frames: int, frame_sampler: str, crop_scale):
-    """``load(rec, where, train, rng) -> (F, 3, R, R)`` for a head's model and options."""
-    from x2core.video_data import load_video_tensor
-    from x2core.video_io import get_frame_sampler
+def _video_loader(head, num_frames: int, frame_sampler, crop_scale):
+    """``load(rec, where, train, rng) -> (F, 3, R, R)`` for a head's model and options;
+    ``frame_sampler`` is a name or ``{name: ..., option: value}``."""
+    from x2core.data.video_datasets import load_video_tensor, make_frame_sampler
 
-    from x2core.video_model import check_frame_count
+    from x2core.model.video import check_frame_count
 
-    sampler = get_frame_sampler(frame_sampler)
+    sampler = make_frame_sampler(frame_sampler, "head_options.frame_sampler")
     check_frame_count(head.model.config.video, num_frames, "head_options.num_frames")
 
     def load(rec, where: str, *, train: bool, rng: random.Random | None):
@@ -54,7 +54,7 @@ def _video_loader(head, num_frames: int, frame_sampler: str, crop_scale):
 @dataclass
 class VideoRetrievalOptions(RetrievalOptions):
     num_frames: int = 8
-    frame_sampler: str = "segment"
+    frame_sampler: Union[str, dict[str, Any]] = "segment"  # or {name: fps, target_fps: 2}
     k_test: int = 128
 
 
@@ -77,7 +77,7 @@ class VideoRetrievalHead(RetrievalHead):
 class VideoQaOptions:
     answer_list: Optional[str] = None   # JSON ans2label / list; default: the store's metadata
     num_frames: int = 8
-    frame_sampler: str = "segment"
+    frame_sampler: Union[str, dict[str, Any]] = "segment"  # or {name: fps, target_fps: 2}
     max_tokens: int = 40
     crop_scale: tuple[float, float] = (0.5, 1.0)
     train_augment: bool = True

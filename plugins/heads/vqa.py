@@ -10,7 +10,7 @@ re-ranked by full sequence log-likelihood.
 ``vqa-cls``: ``Linear -> LayerNorm -> GELU -> Linear`` over the fused CLS to the answer
 list, soft-target cross-entropy with the answer shares.
 
-Both report the official VQA accuracy (:mod:`x2core.metrics.vqa`) and write
+Both report the official VQA accuracy (:mod:`x2core.eval.metrics.vqa`) and write
 ``{"question_id", "answer"}`` predictions. The answer list comes from the option
 ``answer_list`` (a JSON file) or the store metadata (``x2vlm pack vqa --answer-list``).
 """
@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from x2core.errors import InputError
-from x2core.fusion import FusionLayer
-from x2core.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width,
+from x2core.model.fusion import FusionLayer
+from x2core.train.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width,
                           image_res, load_image, text_processor)
-from x2core.metrics.vqa import annotators_from_weights, vqa_score
+from x2core.eval.metrics.vqa import annotators_from_weights, vqa_score
 from .answers import answer_index, build_answer_mlp
 
 

@@ -33,12 +33,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from x2core.data import ImageTextDataset, collate_image_text
-from x2core.masking import MaskingConfig, TextMaskingGenerator
-from x2core.store import LmdbReader, LmdbWriter
-from x2core.text import TextProcessor
-from x2core.tokenizers import builtin_wordpiece_tokenizer
-from x2core.transforms import decode_image, train_image_transform
+from x2core.data.collate import collate_image_text
+from x2core.data.datasets import ImageTextDataset
+from x2core.data.masking import MaskingConfig, TextMaskingGenerator
+from x2core.data.store import LmdbReader, LmdbWriter
+from x2core.data.text import TextProcessor
+from x2core.data.tokenizers import builtin_wordpiece_tokenizer
+from x2core.data.transforms import decode_image, train_image_transform
 
 pytestmark = pytest.mark.bench
 

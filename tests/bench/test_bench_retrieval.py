@@ -28,8 +28,8 @@ def _rss_mb() -> float:
 
 
 def test_bench_retrieval_5k_25k(benchmark):
-    from x2core.factory import create_model
-    from x2core.evaluation import retrieval_rank
+    from x2core.model.factory import create_model
+    from x2core.eval.ranking import retrieval_rank
 
     name = os.environ.get("X2VLM_BENCH_MODEL", "x2vlm-tiny")
     k = int(os.environ.get("X2VLM_BENCH_K", "16"))

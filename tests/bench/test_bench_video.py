@@ -10,7 +10,7 @@ slowly drifting gradient, fine grain and a moving square, so both codecs see rea
 texture and motion. The mp4s are H.264 (libx264, crf 23, default GOP: the whole clip
 is one GOP, as in typical MSRVTT files); the frames are JPEG quality 90. Each round
 reads every record from LMDB and decodes the ``n = 8`` frames the ``segment``
-sampler picks in evaluation (``x2core.video_io.load_video_frames``), in a fixed random
+sampler picks in evaluation (``x2core.data.video_decode.load_video_frames``), in a fixed random
 order. ``frames_per_s`` = 64 * 8 / best round; ``test_mp4_vs_frames_ratio`` times the
 two paths interleaved round by round and records the ratio.
 """
@@ -23,8 +23,8 @@ import time
 import numpy as np
 import pytest
 
-from x2core.store import LmdbReader, LmdbWriter
-from x2core.video_io import get_frame_sampler, load_video_frames
+from x2core.data.store import LmdbReader, LmdbWriter
+from x2core.data.video_decode import get_frame_sampler, load_video_frames
 
 pytestmark = pytest.mark.bench
 av = pytest.importorskip("av")

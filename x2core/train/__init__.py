@@ -1,4 +1,4 @@
-"""The one training loop (``x2core.train.loop.train``) and its parts."""
-from .config import TrainConfig, load_train_config
+"""The one training loop (``x2core.train.pretrain.train``) and its parts."""
+from x2core.train.config import TrainConfig, load_train_config
 
 __all__ = ["TrainConfig", "load_train_config"]

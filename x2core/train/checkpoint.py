@@ -11,38 +11,23 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from x2core.errors import CheckpointError
+from x2core.utils.atomic import atomic_write
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, payload: dict, keep_last: int = 3) -> Path:
     """Write ``payload`` as ``step_{step}.pt``, point ``latest`` at it, prune old ones."""
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / f"step_{step:08d}.pt"
-    _atomic_write(path, lambda fh: torch.save(payload, fh))
-    _atomic_write(ckpt_dir / "latest", lambda fh: fh.write(path.name.encode() + b"\n"))
+    atomic_write(path, lambda fh: torch.save(payload, fh))
+    atomic_write(ckpt_dir / "latest", path.name + "\n")
     for old in list_checkpoints(ckpt_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
@@ -73,27 +58,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """``"Type: reason"`` of a failed torch.load, in one line. Its weights_only refusal is
+    paragraphs of advice (with ANSI escapes) around a ``WeightsUnpickler error:`` reason,
+    followed by advice to allow-list the global, which this loader never does."""
+    text = " ".join(str(exc).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.partition(marker)[2].split(" Please use ")[0]
+        text = text.split(" Check the documentation")[0].strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_state_compatible(model_state: dict, ckpt_state: dict, *, source: str = "checkpoint") -> None:
-    """Refuse a checkpoint of another architecture, listing what does not fit."""
-    missing = sorted(k for k in model_state if k not in ckpt_state)
-    unexpected = sorted(k for k in ckpt_state if k not in model_state)
-    shapes = sorted(f"{k}: model {tuple(model_state[k].shape)} vs {source} {tuple(ckpt_state[k].shape)}"
-                    for k in model_state if k in ckpt_state
-                    and tuple(model_state[k].shape) != tuple(ckpt_state[k].shape))
-    if missing or unexpected or shapes:
-        def show(items):
-            return ", ".join(items[:10]) + (f" (+{len(items) - 10} more)" if len(items) > 10 else "")
-        parts = []
-        if shapes:
-            parts.append(f"shape mismatches: {show(shapes)}")
-        if missing:
-            parts.append(f"missing from {source}: {show(missing)}")
-        if unexpected:
-            parts.append(f"not in the model: {show(unexpected)}")
-        raise CheckpointError(f"{source} does not match the model architecture; " + "; ".join(parts))
+    """Refuse to resume from a checkpoint of another architecture, listing what does not fit."""
+    from x2core.model.loading import compare_state
+
+    compare_state(model_state, ckpt_state, source=source, exact_shapes=True).raise_for_problems(
+        header=f"{source} does not match the model architecture:")
 
 
 def find_resume_checkpoint(resume: "str | os.PathLike | bool", ckpt_dir: "str | os.PathLike") -> Path:

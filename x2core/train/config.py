@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from ..config import apply_overrides, from_dict, load_yaml
-from ..errors import ConfigError
-from ..masking import MaskingConfig
+from x2core.config import apply_overrides, from_dict, load_yaml, merge
+from x2core.errors import ConfigError
+from x2core.data.masking import MaskingConfig
 
 
 @dataclass
@@ -29,7 +29,8 @@ class StreamConfig:
     num_workers: int = 0
     crop_scale: tuple[float, float] = (0.2, 1.0)
     num_frames: int = 3              # video streams
-    frame_sampler: str = "segment"   # video streams
+    # video streams: a sampler name, or {name: fps, target_fps: 2} (options go to its factory)
+    frame_sampler: Union[str, dict[str, Any]] = "segment"
 
     def validate(self, path: str = "") -> None:
         if not self.path:
@@ -38,6 +39,9 @@ class StreamConfig:
             raise ConfigError(f"config field '{path}.batch_size' must be >= 1")
         if not 0.0 < self.ratio <= 1.0:
             raise ConfigError(f"config field '{path}.ratio' must be in (0, 1], got {self.ratio}")
+        if self.kind == "video":  # a misspelt sampler option fails here, not in a data worker
+            from x2core.data.video_datasets import frame_sampler_spec
+            frame_sampler_spec(self.frame_sampler, f"{path}.frame_sampler")
 
 
 @dataclass
@@ -61,44 +65,110 @@ class ScheduleConfig:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """The fields every training run has; :class:`TrainConfig` (pretraining) and
+    :class:`FinetuneConfig` extend it, and :mod:`x2core.train.runtime` reads them."""
+
     model: str = "x2vlm-tiny"                      # a name from `x2vlm models`
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
-    init_from: Optional[str] = None                 # weights to start from (a checkpoint or model dir)
-    data: dict[str, StreamConfig] = field(default_factory=dict)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    # weights to start from: pretraining a checkpoint or model directory, fine-tuning a
+    # pretraining or fine-tune checkpoint (.pt)
+    init_from: Optional[str] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    steps: int = 1000
     grad_accum: int = 1
     clip_grad: float = 1.0
     precision: Literal["auto", "bf16", "fp32"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"     # auto: DDP when launched by torchrun
-    compile: bool = False
+    compile: bool = False                           # torch.compile the training step
+    max_nonfinite: int = 5           # consecutive NaN/inf steps tolerated (skipped) before aborting
+    device: str = "auto"             # one process: auto (cuda when available), cpu, cuda:1, ...;
+                                     # under torchrun each rank uses its own GPU
     seed: int = 42
     output_dir: str = "runs/x2vlm"
     log_every: int = 10
+    progress: bool = True
+
+    def validate(self, path: str = "") -> None:
+        for name in ("grad_accum", "log_every", "max_nonfinite"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field '{name}' must be >= 1")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """A pretraining run: the stream mix, masking and a fixed number of steps."""
+
+    data: dict[str, StreamConfig] = field(default_factory=dict)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    steps: int = 1000
     ckpt_every: int = 500
     keep_last: int = 3
     tensorboard: bool = True
-    progress: bool = True
-    max_nonfinite: int = 5           # consecutive NaN/inf steps tolerated (skipped) before aborting
 
     def validate(self, path: str = "") -> None:
         if not self.data:
             raise ConfigError("config field 'data' needs at least one stream, e.g. "
                               "data: {images: {path: ..., kind: image}}")
-        for name in ("steps", "grad_accum", "log_every", "ckpt_every", "keep_last"):
+        super().validate(path)
+        for name in ("steps", "ckpt_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}' must be >= 1")
 
 
-def load_train_config(path: str | None, overrides: list[str] | tuple[str, ...] = (),
-                      base: dict | None = None) -> TrainConfig:
+@dataclass
+class FinetuneConfig(RunConfig):
+    """A fine-tuning recipe (YAML + ``key=value`` overrides): a head trained for epochs."""
+
+    head: str = ""                                  # a registered head (`x2vlm plugins`)
+    head_options: dict[str, Any] = field(default_factory=dict)  # checked by the head
+    train: Optional[str] = None                     # LMDB store of the training split
+    eval: Union[str, dict[str, str], None] = None   # store, or {split name: store}
+    batch_size: int = 16                            # per rank
+    eval_batch_size: int = 64
+    epochs: int = 1
+    steps: Optional[int] = None                     # set: stop after this many steps instead
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup=0.1))
+    num_workers: int = 0
+    output_dir: str = "runs/finetune"
+    eval_every_epoch: bool = True
+    save_checkpoint: bool = True
+    save_every_epoch: bool = True                   # a resumable checkpoint after each epoch
+
+    def validate(self, path: str = "") -> None:
+        if not self.head:
+            raise ConfigError("config field 'head' is required (a registered head name, "
+                              "see `x2vlm plugins`)")
+        super().validate(path)
+        if self.epochs < 0:
+            raise ConfigError("config field 'epochs' must be >= 0 (0: evaluate the starting point)")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field '{name}' must be >= 1")
+        if self.steps is not None and self.steps < 0:
+            raise ConfigError("config field 'steps' must be >= 0")
+
+    def eval_stores(self) -> dict[str, str]:
+        if self.eval is None:
+            return {}
+        return {"val": self.eval} if isinstance(self.eval, str) else dict(self.eval)
+
+
+def load_config(cls: type, path: str | None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict | None = None):
     """YAML file (optional) merged over ``base``, then dotlist overrides, then validated."""
     data = dict(base or {})
     if path:
-        from ..config import merge
         data = merge(data, load_yaml(path))
-    data = apply_overrides(data, overrides)
-    return from_dict(TrainConfig, data)
+    data = apply_overrides(data, list(overrides))
+    return from_dict(cls, data)
+
+
+def load_train_config(path: str | None, overrides: list[str] | tuple[str, ...] = (),
+                      base: dict | None = None) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides, base)
+
+
+def load_finetune_config(path: str | None, overrides: list[str] | tuple[str, ...] = (),
+                         base: dict | None = None) -> FinetuneConfig:
+    return load_config(FinetuneConfig, path, overrides, base)

@@ -1,5 +1,8 @@
 """FSDP (``strategy: fsdp``): shard the model across ranks with ``fully_shard`` (FSDP2).
 
+:func:`x2core.train.runtime.wrap` calls :func:`shard` on what trains: the pretraining step
+(the X2VLM core) or a fine-tuning head (the core as ``head.model`` plus the head's modules).
+
 What sharding changes, kept here so the loop reads the same for every strategy:
 
 * **Units.** Every element of every ``nn.ModuleList`` is its own unit (vision blocks,

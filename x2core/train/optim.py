@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from .config import OptimConfig, ScheduleConfig
+from x2core.train.config import OptimConfig, ScheduleConfig
 
 # Which learning rate a parameter gets, by module prefix.
 _PART_PREFIXES = {

@@ -15,9 +15,9 @@ import functools
 import os
 from typing import Any
 
-from ..errors import ConfigError
-from .config import StreamConfig, TrainConfig
-from .distributed import DistInfo
+from x2core.errors import ConfigError
+from x2core.train.config import StreamConfig, TrainConfig
+from x2core.train.distributed import DistInfo
 
 
 def check_store(path: str, field: str) -> None:
@@ -33,9 +33,10 @@ def check_store(path: str, field: str) -> None:
 
 def build_dataset(name: str, stream: StreamConfig, model: Any, cfg: TrainConfig, *, train: bool = True):
     """The dataset and collate function of one stream."""
-    from ..data import ImageTextDataset, RegionTextDataset, collate_image_text, collate_regions
-    from ..store import LmdbReader
-    from ..text import TextProcessor
+    from x2core.data.collate import collate_image_text, collate_regions
+    from x2core.data.datasets import ImageTextDataset, RegionTextDataset
+    from x2core.data.store import LmdbReader
+    from x2core.data.text import TextProcessor
 
     field = f"data.{name}.path"
     check_store(stream.path, field)
@@ -55,18 +56,14 @@ def build_dataset(name: str, stream: StreamConfig, model: Any, cfg: TrainConfig,
         images = stream.max_images or max(1, stream.batch_size // 2)
         return ds, functools.partial(collate_regions, batch_size=stream.batch_size), images
     if stream.kind == "video":
-        try:
-            from ..video_data import build_video_stream  # the video issue's module
-        except ImportError:
-            raise ConfigError(f"config field 'data.{name}.kind': video streams are not available in this "
-                              f"version of x2vlm") from None
+        from x2core.data.video_datasets import build_video_stream
         return build_video_stream(name, stream, model, cfg, reader, text, train=train)
     raise ConfigError(f"config field 'data.{name}.kind': unknown kind {stream.kind!r}")
 
 
 def build_streams(cfg: TrainConfig, model: Any, info: DistInfo):
-    """One :class:`~x2core.data.MixedLoader` over every configured stream, sharded by rank."""
-    from ..data import MixedLoader, StreamSpec
+    """One :class:`~x2core.data.datasets.MixedLoader` over every configured stream, sharded by rank."""
+    from x2core.data.mixing import MixedLoader, StreamSpec
 
     specs = {}
     for name, stream in cfg.data.items():

@@ -1,0 +1,107 @@
+"""``x2vlm pack FORMAT --ann FILE... --images ROOT --out DIR``: annotations -> LMDB store."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+_EPILOG = """\
+formats (every loaded plugin's; `x2vlm plugins` says which plugin added each):
+{formats}
+
+A bad record (corrupt or missing image, box outside the image, empty caption,
+unknown language key, ...) stops the pack with one line naming the file, the line
+(JSON lines, file:LINE) or position (JSON lists, file[INDEX]) and the field; the
+records before it are kept. --skip-bad skips and counts such records instead
+(metadata "skipped" and DIR/pack_report.json).
+
+An interrupted pack (Ctrl-C, kill -9, a bad record) resumes where it stopped when
+the same command is run again; re-running a finished pack is a no-op.
+
+examples:
+  x2vlm pack image-text --ann cc3m.jsonl --images /data/cc3m --out stores/cc3m --max-side 384
+  x2vlm pack retrieval --ann coco_test.json --images /data/coco --out stores/coco_test
+  x2vlm pack vqa --ann vqa_train.json --answer-list answer_list.json --images /data --out stores/vqa
+  x2vlm pack multilingual --ann en=test_en.jsonl de=test_de.jsonl --images /data/flickr --out stores/xf
+"""
+
+
+def _formats_help() -> str:
+    try:
+        from x2core.plugin_manager import registry
+        formats = list(registry("datasets"))
+    except Exception:  # noqa: BLE001 - help must never fail
+        return "  (unavailable)"
+    return "\n".join(f"  {r.name:13s} {r.description}" for r in formats)
+
+
+def add_arguments(parser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG.format(formats=_formats_help())
+    parser.add_argument("format", metavar="FORMAT", help="dataset format name (see below)")
+    parser.add_argument("--ann", nargs="+", required=True, metavar="FILE",
+                        help="annotation file(s): JSON list or JSON lines; LANG=FILE gives the "
+                             "language of a file's plain captions (multilingual)")
+    parser.add_argument("--images", metavar="ROOT", default=None,
+                        help="folder that relative image/video paths are under "
+                             "(default: the annotation file's folder)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the store folder to write")
+    parser.add_argument("--max-side", type=int, default=None, metavar="N",
+                        help="downsize images whose longest side exceeds N pixels (aspect kept, "
+                             "JPEG quality 90); boxes are scaled with them")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip bad records, count them in the metadata and pack_report.json")
+    parser.add_argument("--lang", default="en",
+                        help="language of captions given without one (default: en)")
+    parser.add_argument("--caption-key", default=None, metavar="KEY",
+                        help="image-text: the caption field (default: 'caption', else 'desc')")
+    parser.add_argument("--image-key", default=None, metavar="KEY",
+                        help="image-text/regions: the image field ('binary' = base64, else a "
+                             "path; default: whichever of binary, image_rpath, image is present)")
+    parser.add_argument("--answer-list", default=None, metavar="FILE",
+                        help="vqa: answer_list.json; video-qa: ans2label JSON (stored in the metadata)")
+    parser.add_argument("--refs", default=None, metavar="FILE",
+                        help="refcoco: the REFER refs pickle, e.g. 'refs(unc).p' (a pickle: "
+                             "only files you trust)")
+    parser.add_argument("--instances", default=None, metavar="FILE",
+                        help="refcoco: the REFER instances.json (boxes)")
+    parser.add_argument("--commit-every", type=int, default=1000, metavar="N",
+                        help="records per LMDB transaction (default 1000); a kill loses at most these")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing store made with other arguments")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it shows only when stderr is a terminal)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args) -> int:
+    from x2core.data.packing import pack
+
+    options = {"caption_key": args.caption_key, "image_key": args.image_key,
+               "answer_list": _abs(args.answer_list), "refs": _abs(args.refs),
+               "instances": _abs(args.instances)}
+    report = pack(args.format, args.ann, args.images, args.out, skip_bad=args.skip_bad,
+                  max_side=args.max_side, lang=args.lang, commit_every=args.commit_every,
+                  progress=False if args.no_progress else None, overwrite=args.overwrite,
+                  **options)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    if report.get("already_complete"):
+        print(f"{report['out']}: already packed ({report['count']} records); nothing to do")
+        return 0
+    resumed = f", resumed after {report['resumed_from']}" if report.get("resumed_from") else ""
+    skipped = report["skipped"]["count"]
+    langs = ", ".join(f"{k} {v}" for k, v in report["text_counts"].items()) or "none"
+    print(f"packed {report['count']} records ({report['format']}) into {report['out']} "
+          f"in {report['seconds']:.1f}s{resumed}; texts: {langs}")
+    if skipped:
+        fields = ", ".join(f"{k} {v}" for k, v in report["skipped"]["by_field"].items())
+        print(f"skipped {skipped} bad records ({fields}); see {os.path.join(report['out'], 'pack_report.json')}",
+              file=sys.stderr)
+    return 0
+
+
+def _abs(path):
+    return os.path.abspath(path) if path else None

@@ -1,1 +1,0 @@
-"""Sub-commands of the ``x2vlm`` CLI (one module each; see ``x2core.cli``)."""

@@ -1,0 +1,242 @@
+"""The composite X2-VLM model: vision + text plugin + fusion + pretraining heads.
+
+The model receives its built sub-modules (TorchMultimodal style); use
+:func:`x2core.create_model` to build one from a name or config.
+
+Tensor names used throughout (shapes):
+    image        (B_img, 3, H, W)        images of the batch
+    video        (B, F, 3, H, W)         videos of the batch (F frames each)
+    text_ids     (B, L) long             CLS + pieces + SEP, padded
+    text_atts    (B, L) 0/1              1 on real tokens
+    text_ids_masked, masked_pos (B, M), masked_ids (B, M; -100 = padding)
+    idx_to_group_img (B,) long           region rows: which image each text row is about
+    image_atts   (B, 1 + N) 0/1          region rows: CLS + in-box patches
+    target_bbox  (B, 4)                  region rows: (cx, cy, w, h) / image size
+    is_image     (B,)                    region rows: 1 for whole-image captions
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from x2core.model.boxes import pool_regions
+from x2core.errors import InputError
+from x2core.model.fusion import FusionEncoder
+from x2core.model.losses import bbox_losses, itc_loss, mlm_loss, sample_hard_negatives
+from x2core.model.config import ModelConfig
+from x2core.model.video import VideoPooling
+
+
+def build_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+    """The reference head: Linear(d, 2d) -> LayerNorm -> GELU -> Linear(2d, out).
+
+    Indices 0, 1, 3 match the reference's ``itm_head`` / ``bbox_head`` keys.
+    """
+    return nn.Sequential(nn.Linear(in_dim, 2 * in_dim), nn.LayerNorm(2 * in_dim),
+                         nn.GELU(), nn.Linear(2 * in_dim, out_dim))
+
+
+class X2VLM(nn.Module):
+    """Multi-grained vision-language model.
+
+    Args:
+        config: the full model config (kept on ``self.config``).
+        vision_encoder: returns ``(B, 1 + N, D)`` with a pooled token first.
+        text_encoder: a text-encoder plugin module (``x2core.interfaces.TextEncoder``).
+        fusion_encoder: cross-attention layers of width ``d``.
+        text_adapter: maps text width to ``d`` when they differ (else Identity).
+    """
+
+    def __init__(self, config: ModelConfig, vision_encoder: nn.Module, text_encoder: nn.Module,
+                 fusion_encoder: FusionEncoder, text_adapter: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.vision_encoder = vision_encoder
+        self.text_encoder = text_encoder
+        self.text_adapter = text_adapter if text_adapter is not None else nn.Identity()
+        self.fusion_encoder = fusion_encoder
+        vision_width, text_width = vision_encoder.width, text_encoder.hidden_size
+        fusion_width = fusion_encoder.hidden_size
+        self.vision_proj = nn.Linear(vision_width, config.embed_dim)
+        self.text_proj = nn.Linear(text_width, config.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(float(config.temp)))
+        self.itm_head = build_mlp(fusion_width, 2)
+        self.bbox_head = build_mlp(fusion_width, 4)
+        self.mlm_head = text_encoder.build_mlm_head(fusion_width)
+        self.video_pooling = VideoPooling(config.video, vision_width,
+                                          getattr(vision_encoder, "num_heads", None) or config.vision.num_heads)
+
+    # --- conveniences ---------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.text_encoder.tokenizer
+
+    def temperature(self) -> torch.Tensor:
+        """The learnable ITC temperature, clamped to ``[temp_min, temp_max]``."""
+        return self.temp.clamp(self.config.temp_min, self.config.temp_max)
+
+    def clamp_temperature_(self) -> None:
+        """Clamp the stored value in place (the loop calls this every step)."""
+        with torch.no_grad():
+            self.temp.clamp_(self.config.temp_min, self.config.temp_max)
+
+    def tokenize(self, texts: list[str], max_tokens: int = 40) -> dict[str, torch.Tensor]:
+        """Tokenize raw strings to ``text_ids``/``text_atts`` ``(B, max_tokens)``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(f"text {i} is empty; every text needs at least one token")
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=max_tokens, return_tensors="pt")
+        return {"text_ids": enc["input_ids"], "text_atts": enc["attention_mask"]}
+
+    # --- encoders ---------------------------------------------------------------------
+    def encode_image(self, image: torch.Tensor, idx_to_group_img: torch.Tensor | None = None,
+                     image_atts: torch.Tensor | None = None):
+        """Encode images once; optionally pool per-row box "CLS" tokens.
+
+        Returns:
+            ``(embeds (R, 1+N, D), atts (R, 1+N), full_embeds (R, 1+N, D))``; without
+            ``idx_to_group_img`` R = B_img, atts are all ones, full_embeds is embeds.
+        """
+        if image.dim() != 4:
+            raise InputError(f"image must be (B, 3, H, W), got shape {tuple(image.shape)}")
+        embeds = self.vision_encoder(image)
+        if idx_to_group_img is None:
+            atts = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            return embeds, atts, embeds
+        if image_atts is None:
+            raise InputError("region rows need 'image_atts' with 'idx_to_group_img'")
+        region, full = pool_regions(embeds, idx_to_group_img, image_atts)
+        return region, image_atts, full
+
+    def encode_video(self, video: torch.Tensor):
+        """Encode videos: every frame through the vision encoder, then frame-position
+        embedding, (temporal attention) and the mean over frames.
+
+        Args:
+            video: ``(B, F, 3, H, W)``.
+        Returns:
+            ``(embeds (B, 1+N, D), atts (B, 1+N) ones)``.
+        """
+        if video.dim() != 5:
+            raise InputError(f"video must be (B, F, 3, H, W), got shape {tuple(video.shape)}")
+        b, f = video.shape[:2]
+        frames = self.vision_encoder(video.flatten(0, 1))
+        embeds = self.video_pooling(frames.view(b, f, *frames.shape[1:]))
+        return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+
+    def encode_visual(self, pixels: torch.Tensor):
+        """Images ``(B, 3, H, W)`` or videos ``(B, F, 3, H, W)`` -> ``(embeds, atts)``."""
+        if pixels.dim() == 5:
+            return self.encode_video(pixels)
+        embeds, atts, _ = self.encode_image(pixels)
+        return embeds, atts
+
+    def encode_text(self, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` ids and mask -> ``(B, L, d_text)`` text-only hidden states."""
+        if text_ids.dim() != 2 or text_ids.shape != text_atts.shape:
+            raise InputError(f"text_ids {tuple(text_ids.shape)} and text_atts "
+                             f"{tuple(text_atts.shape)} must both be (B, L)")
+        # Eager only: under torch.compile this check would split the graph (see pool_regions).
+        if not torch.compiler.is_compiling() and bool((text_atts.sum(1) == 0).any()):
+            empty = (text_atts.sum(1) == 0).nonzero().flatten()
+            raise InputError(f"text rows {empty.tolist()} are empty (attention mask all zero)")
+        return self.text_encoder(text_ids, text_atts)
+
+    def image_features(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """``(B, 1+N, D)`` -> L2-normalised ``(B, embed_dim)`` from the pooled token."""
+        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+
+    def text_features(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        """``(B, L, d_text)`` -> L2-normalised ``(B, embed_dim)`` from the CLS token."""
+        return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
+
+    def fuse(self, image_embeds, image_atts, text_embeds, text_atts) -> torch.Tensor:
+        """Cross-modal encoding: ``(B, L, d_text)`` text + ``(B, T, D)`` vision -> ``(B, L, d)``."""
+        return self.fusion_encoder(self.text_adapter(text_embeds), text_atts, image_embeds, image_atts)
+
+    def predict_bbox(self, full_image_embeds, text_embeds, text_atts) -> torch.Tensor:
+        """Box ``(B, 4)`` in normalised ``(cx, cy, w, h)`` from whole-image fusion."""
+        atts = torch.ones(full_image_embeds.shape[:2], dtype=torch.long, device=full_image_embeds.device)
+        cls = self.fuse(full_image_embeds, atts, text_embeds, text_atts)[:, 0]
+        return self.bbox_head(cls).sigmoid()
+
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts) -> torch.Tensor:
+        """``(B, 2)`` match logits for paired rows (index 1 = match)."""
+        return self.itm_head(self.fuse(image_embeds, image_atts, text_embeds, text_atts)[:, 0])
+
+    # --- pretraining ------------------------------------------------------------------
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pretraining losses for an image, a region or a video batch.
+
+        Returns a dict of scalar losses: ``itc``, ``itm``, ``mlm`` and, for region
+        batches with ``target_bbox``, ``bbox`` and ``giou``; plus ``loss``, their
+        weighted sum (weights from ``config.loss``).
+        """
+        visual = "video" if "video" in batch else "image"
+        for key in (visual, "text_ids", "text_atts"):
+            if key not in batch:
+                raise InputError(f"batch is missing '{key}' (has: {', '.join(sorted(batch))})")
+        idx_to_group_img = batch.get("idx_to_group_img")
+        if visual == "video":
+            image_embeds, image_atts = self.encode_video(batch["video"])
+            full_embeds = image_embeds
+        else:
+            image_embeds, image_atts, full_embeds = self.encode_image(
+                batch["image"], idx_to_group_img, batch.get("image_atts"))
+        text_ids, text_atts = batch["text_ids"], batch["text_atts"]
+        if image_embeds.shape[0] != text_ids.shape[0]:
+            raise InputError(f"{image_embeds.shape[0]} image rows but {text_ids.shape[0]} text "
+                             "rows; region batches need 'idx_to_group_img'")
+        text_embeds = self.encode_text(text_ids, text_atts)
+        image_feat, text_feat = self.image_features(image_embeds), self.text_features(text_embeds)
+        temp = self.temperature()
+        weights = self.config.loss
+        losses: dict[str, torch.Tensor] = {}
+        if weights.itc:
+            losses["itc"] = itc_loss(image_feat, text_feat, temp, batch.get("idx"))
+        if weights.itm:
+            group = batch.get("idx", idx_to_group_img)
+            losses["itm"] = self.itm_loss(image_embeds, image_atts, image_feat,
+                                           text_embeds, text_atts, text_feat, temp, group)
+        if weights.mlm and "masked_ids" in batch:
+            losses["mlm"] = self._mlm_loss(image_embeds, image_atts, batch)
+        if (weights.bbox or weights.giou) and "target_bbox" in batch:
+            pred = self.predict_bbox(full_embeds, text_embeds, text_atts)
+            is_image = None if weights.calc_image_bbox_loss else batch.get("is_image")
+            losses["bbox"], losses["giou"] = bbox_losses(pred, batch["target_bbox"], is_image)
+        losses["loss"] = sum(getattr(weights, k) * v for k, v in losses.items())
+        return losses
+
+    def itm_loss(self, image_embeds, image_atts, image_feat, text_embeds, text_atts, text_feat,
+                 temp, group=None) -> torch.Tensor:
+        """ITM cross-entropy on the positives plus one hard negative per text and per image
+        (sampled from ITC similarity; rows sharing ``group`` are never negatives)."""
+        neg_img, neg_txt = sample_hard_negatives(image_feat, text_feat, temp, group)
+        # rows: positives | (text, hard-negative image) | (image, hard-negative text).
+        # Always 3B rows, so shapes never depend on the data (no host sync, one compiled
+        # graph): a row without a negative (-1) points at row 0 and is ignored by the loss.
+        n = len(neg_img)
+        rows = torch.arange(n, device=neg_img.device)
+        img_rows = torch.cat([rows, neg_img.clamp(min=0), rows])
+        txt_rows = torch.cat([rows, rows, neg_txt.clamp(min=0)])
+        logits = self.itm_logits(image_embeds[img_rows], image_atts[img_rows],
+                                 text_embeds[txt_rows], text_atts[txt_rows])
+        labels = torch.cat([torch.ones_like(rows),
+                            torch.where(neg_img >= 0, 0, -100), torch.where(neg_txt >= 0, 0, -100)])
+        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+
+    def _mlm_loss(self, image_embeds, image_atts, batch) -> torch.Tensor:
+        for key in ("text_ids_masked", "masked_pos"):
+            if key not in batch:
+                raise InputError(f"MLM needs '{key}' alongside 'masked_ids'")
+        masked_embeds = self.text_encoder(batch["text_ids_masked"], batch["text_atts"])
+        fused = self.fuse(image_embeds, image_atts, masked_embeds, batch["text_atts"])
+        pos = batch["masked_pos"]
+        picked = fused.gather(1, pos.unsqueeze(-1).expand(-1, -1, fused.shape[-1]))
+        return mlm_loss(self.mlm_head(picked), batch["masked_ids"])

@@ -1,0 +1,411 @@
+"""Fine-tune and evaluate a domain head: one plain loop, read top to bottom.
+
+``finetune(cfg)``: build the core model, load ``init_from`` weights, build the head from
+its plugin, check the stores' fields, then epochs of AdamW steps (parameter groups and
+schedule of :mod:`x2core.train.optim`; the step itself -- accumulation, clipping, the
+NaN/inf guard with ``max_nonfinite``, bf16 autocast on CUDA, ``compile`` -- is the
+pretraining loop's, from :mod:`x2core.train.runtime`), an evaluation after every epoch (or
+only at the end), ``metrics.json`` and ``predictions.json`` per evaluated split, an atomic
+checkpoint after every epoch (``--resume`` continues from it).
+
+Under ``torchrun --nproc_per_node N -m x2core finetune CONFIG`` the same function runs
+data-parallel: the head is wrapped in DDP (or sharded with ``strategy=fsdp``), each rank
+reads its own shard of every epoch (``batch_size`` is per rank, as in the reference
+configs), logged losses are averaged over ranks, and rank 0 alone evaluates and writes
+metrics, predictions and checkpoints while the others wait. Under FSDP rank 0 evaluates a
+whole copy of the head that it loads with the gathered weights before each evaluation.
+
+``evaluate(cfg, checkpoint)``: rebuild model + head from a fine-tune checkpoint and
+write the same files.
+
+Checkpoint payload (``torch.load(weights_only=True)``-safe): ``model`` (core state dict,
+the keys of a pretraining checkpoint), ``head`` (the head's own parameters), ``head_name``,
+``head_options``, ``model_config``, ``config``, ``step``, ``epoch`` (finished epochs),
+``metrics``, and for resuming ``optimizer`` (keyed by parameter name when ``strategy`` is
+``fsdp``), ``strategy``, ``scheduler``, ``rng`` (one entry per rank, with the shuffle
+generator's state under ``loader``).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from x2core.config import from_dict, to_dict
+from x2core.errors import CheckpointError, ConfigError, X2Error
+from x2core.utils.atomic import atomic_write
+from x2core.utils.device import autocast_for, move_to
+from x2core.train import runtime
+from x2core.train.config import FinetuneConfig, load_finetune_config
+from x2core.train.heads import EvalResult, HeadData, check_store_fields, options_dict
+from x2core.train.runtime import TrainState, pick_device, seed_everything
+
+# The config lives with the pretraining one (x2core.train.config); importable here too.
+__all__ = ["FinetuneConfig", "build_head", "evaluate", "finetune", "load_finetune_config",
+           "pick_device", "split_state", "write_results"]
+
+
+# --- building ----------------------------------------------------------------------------
+
+def build_head(name: str, model: nn.Module, options: dict, *, plugin_manager=None):
+    from x2core.plugin_manager import get_plugin_manager
+    pm = plugin_manager or get_plugin_manager()
+    head = pm.registry("heads").build(name, model, dict(options or {}))
+    if not isinstance(head, nn.Module) or getattr(head, "model", None) is not model:
+        raise X2Error(f"head plugin '{name}' must build an nn.Module keeping the core model "
+                      f"as .model (see x2core.train.heads)")
+    head.name = getattr(head, "name", name) or name
+    return head
+
+
+def split_state(state: dict) -> tuple[dict, dict]:
+    """(core state dict, head-only state dict) of a head's state dict (the head holds the
+    core as ``.model``: its keys are ``model.*``)."""
+    core, own = {}, {}
+    for k, v in state.items():
+        (core if k.startswith("model.") else own)[k[6:] if k.startswith("model.") else k] = \
+            v.detach().cpu()
+    return core, own
+
+
+def _load_core(model: nn.Module, state: dict, source: str) -> set[str]:
+    from x2core.model.loading import compare_state
+    own = model.state_dict()
+    compare_state(own, state, source=source).raise_for_problems(missing=False, unexpected=False)
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return {k for k in own if k not in state}
+
+
+class _GroupView:
+    """``named_parameters`` with core names unprefixed and head parameters as ``head.*``,
+    so :func:`x2core.train.optim.param_groups` gives the core its vision/text/fusion
+    learning rates and the head's modules the ``heads`` group."""
+
+    def __init__(self, head: nn.Module):
+        self.head = head
+
+    def named_parameters(self):
+        for n, p in self.head.named_parameters():
+            yield (n[6:] if n.startswith("model.") else "head." + n), p
+
+
+def _open_store(path: str):
+    from x2core.data.store import LmdbReader
+    return LmdbReader(path)
+
+
+# --- fine-tuning -----------------------------------------------------------------------------
+
+def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | None = None) -> dict:
+    """Fine-tune ``cfg.head`` and evaluate; returns ``{"train": last metrics, split: metrics}``.
+
+    ``resume``: a checkpoint of this run (or True for the latest in ``output_dir``); the
+    run continues after the epoch it ends with, exactly as if it had not stopped (weights,
+    optimizer, schedule, every rank's RNG and the shuffle order are restored).
+    """
+    from x2core.model.factory import build_model, model_config_for
+    from x2core.plugin_manager import get_plugin_manager
+    from x2core.train import checkpoint as ckpt
+    from x2core.train.logging import MetricsLogger
+    from x2core.train.optim import build_optimizer, build_scheduler
+
+    pm = plugin_manager or get_plugin_manager()
+    info = runtime.setup(cfg)  # one process unless launched by torchrun
+    seed_everything(cfg.seed)   # the same initial head on every rank
+    device = info.device
+    out_dir = Path(cfg.output_dir)
+    if info.is_main:
+        runtime.write_run_config(out_dir, cfg)
+
+    # 1. the core model, its starting weights, then the head built on top of them
+    model = build_model(model_config_for(cfg.model, **cfg.model_overrides), plugin_manager=pm)
+    init_payload, new_core = None, set()
+    if cfg.init_from:
+        init_payload = ckpt.load_checkpoint(cfg.init_from)
+        new_core = _load_core(model, init_payload.get("model", init_payload), cfg.init_from)
+    same_head = init_payload is not None and init_payload.get("head_name") == cfg.head
+    # continuing a fine-tune of the same head: its saved options (e.g. the answer-list size)
+    # shape the modules; the config's options override them
+    options = {**init_payload.get("head_options", {}), **cfg.head_options} if same_head \
+        else cfg.head_options
+    head = build_head(cfg.head, model, options, plugin_manager=pm)
+    head_state_loaded: set[str] = set()
+    if same_head and "head" in init_payload:
+        head.load_state_dict({f"model.{k}": v for k, v in model.state_dict().items()}
+                             | dict(init_payload["head"]), strict=False)
+        head_state_loaded = set(init_payload["head"])
+    head.to(device)
+
+    # 2. data: check the fields the head needs, then the loader
+    train_store = _open_store(cfg.train) if cfg.train else None
+    eval_stores = {split: _open_store(p) for split, p in cfg.eval_stores().items()}
+    if train_store is not None:
+        check_store_fields(cfg.head, head.required_fields(True), train_store, split="train")
+    for split, store in eval_stores.items():
+        check_store_fields(cfg.head, head.required_fields(False), store, split=split)
+    steps_per_epoch, loader, sampler, g = 0, None, None, None
+    if train_store is not None:
+        data: HeadData = head.build_dataset(train_store, train=True)
+        g = torch.Generator().manual_seed(cfg.seed)
+        sampler = (torch.utils.data.DistributedSampler(
+            data.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+            seed=cfg.seed, drop_last=True) if info.enabled else None)
+        loader = torch.utils.data.DataLoader(data.dataset, batch_size=cfg.batch_size,
+                                             shuffle=sampler is None, sampler=sampler,
+                                             drop_last=len(data.dataset) >= cfg.batch_size * info.world_size,
+                                             collate_fn=data.collate, num_workers=cfg.num_workers,
+                                             generator=g)
+        if len(loader) < cfg.grad_accum:
+            raise ConfigError(f"grad_accum={cfg.grad_accum} needs at least that many batches per "
+                              f"epoch; {cfg.train} gives {len(loader)} of batch_size={cfg.batch_size}"
+                              + (f" per rank ({info.world_size} ranks)" if info.enabled else ""))
+        steps_per_epoch = len(loader) // cfg.grad_accum
+    total = cfg.steps if cfg.steps is not None else steps_per_epoch * cfg.epochs
+    epochs = cfg.epochs if cfg.steps is None else (math.ceil(total / steps_per_epoch) if total else 0)
+    if loader is None:
+        total = epochs = 0
+
+    # Wrapped only now: a head may add modules once it has seen its data (the VQA answer
+    # list sizes the classifier), and DDP syncs only parameters that exist when wrapping.
+    # Heads use part of the core (no MLM head in retrieval, no bbox head in VQA), so DDP
+    # must expect parameters without gradients.
+    head.to(device)
+    # Only now each rank its own stream for dropout and hard negatives: up to here every
+    # rank drew the same numbers, so modules a head adds with its data start equal too
+    # (FSDP shards what each rank built; DDP would broadcast rank 0's).
+    if info.rank:
+        seed_everything(cfg.seed + info.rank)
+    # FSDP shards the head in place and rank 0 evaluates alone: it keeps a whole copy (on
+    # the CPU between evaluations) to load the gathered weights into.
+    sharded = info.enabled and cfg.strategy == "fsdp"
+    eval_copy = copy.deepcopy(head).cpu() if sharded and eval_stores and info.is_main else None
+    wrapped = runtime.wrap(head, info, cfg, find_unused=True)
+
+    # 3. optimizer (reference groups: no decay on 1-d params, lr_mult for new params)
+    new_params = set()
+    if cfg.init_from:
+        new_params = set(new_core) | {f"head.{n}" for n, _ in head.named_parameters()
+                                      if not n.startswith("model.") and n not in head_state_loaded}
+    optimizer = build_optimizer(_GroupView(head), cfg.optim, device, new_params)
+    scheduler = build_scheduler(optimizer, max(1, total), cfg.schedule)
+    logger = MetricsLogger(str(out_dir), enabled=info.is_main, tensorboard=False)
+    state = TrainState(cfg, head, optimizer, scheduler, loader, info, output_dir=out_dir)
+    stepper = runtime.Stepper(state, wrapped, core=model)
+    start_epoch = 0
+    if resume:
+        start_epoch = _restore(state, cfg, resume, loader_generator=g)
+    pm.hook.x2vlm_train_start(state=state)
+    if resume and start_epoch >= epochs and info.is_main:
+        print(f"x2vlm finetune: nothing to resume, the checkpoint has finished {start_epoch} of "
+              f"{epochs} epochs (raise epochs= to train on)")
+
+    # 4. the loop
+    results: dict[str, Any] = {}
+    last: dict[str, float] = {}
+    # steps/s: a head's batch has no field every head shares to count samples by
+    reporter = runtime.Reporter(logger, log_every=cfg.log_every, total=total, initial=state.step,
+                                desc=f"finetune {cfg.head}", rate="steps_per_s",
+                                enabled=bool(cfg.progress and total and info.is_main))
+
+    def evaluate_now(write: bool) -> dict:
+        return _evaluate_on_main(state, eval_stores, out_dir, logger, pm, write=write,
+                                 eval_copy=eval_copy)
+
+    for epoch in range(start_epoch, epochs):
+        head.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a different shuffle every epoch, agreed by all ranks
+        micro = 0
+        for batch in loader:
+            micro += 1
+            # Batches past the last full accumulation are skipped, not carried into the next
+            # epoch's first update: every epoch is self-contained, so --resume is exact.
+            if micro > steps_per_epoch * cfg.grad_accum:
+                break
+            stepper.backward(move_to(batch, device), last=micro % cfg.grad_accum == 0)
+            if micro % cfg.grad_accum:
+                continue
+            last = {**stepper.update(), "epoch": float(epoch)}
+            state.step += 1
+            reporter.report(state, last)
+            pm.hook.x2vlm_train_step_end(state=state, step=state.step, metrics=last)
+            if state.step >= total:
+                break
+        is_last = epoch == epochs - 1 or state.step >= total
+        if eval_stores and (cfg.eval_every_epoch or is_last):
+            results.update(evaluate_now(is_last))
+        # 5. the checkpoint, after every epoch or only the last (rank 0 writes)
+        if cfg.save_checkpoint and (cfg.save_every_epoch or is_last):
+            path = _save(state, cfg, epoch + 1, results, g, pm)
+            if path is not None:
+                results["checkpoint"] = str(path)
+        if state.step >= total:
+            break
+    reporter.close()
+    if not epochs and eval_stores:  # steps=0: evaluate the starting point
+        results.update(evaluate_now(True))
+    if cfg.save_checkpoint and not epochs:
+        path = _save(state, cfg, 0, results, None, pm)
+        if path is not None:
+            results["checkpoint"] = str(path)
+    results["train"] = last
+    pm.hook.x2vlm_train_end(state=state, metrics=last)
+    logger.close()
+    return results
+
+
+def _save(state: TrainState, cfg: FinetuneConfig, epochs_done: int, results: dict,
+          loader_generator, pm) -> Path | None:
+    """An atomic checkpoint on rank 0: the weights for `x2vlm eval` / ``init_from`` and,
+    for ``--resume``, the optimizer, schedule, each rank's RNG and the shuffle state."""
+    from x2core.train import checkpoint as ckpt
+
+    rng = ckpt.rng_state()
+    if loader_generator is not None:
+        rng["loader"] = loader_generator.get_state()
+    payload = runtime.gather_checkpoint(state, {"rng": rng})  # collectives: every rank
+    if payload is None:
+        return None
+    head = state.model
+    payload["model"], payload["head"] = split_state(payload["model"])
+    payload.update(head_name=cfg.head,
+                   head_options=options_dict(getattr(head, "options", cfg.head_options)),
+                   model_config=to_dict(head.model.config), config=to_dict(cfg), epoch=epochs_done,
+                   metrics={s: m for s, m in results.items() if s not in ("train", "checkpoint")})
+    return runtime.write_checkpoint(state, _jsonable_tensors(payload), keep_last=1, hooks=pm.hook)
+
+
+def _restore(state: TrainState, cfg: FinetuneConfig, resume, *, loader_generator) -> int:
+    """Load a checkpoint written by :func:`_save`; returns the number of finished epochs."""
+    from x2core.train import checkpoint as ckpt
+
+    path = ckpt.find_resume_checkpoint(resume, state.output_dir / "checkpoints")
+    payload = ckpt.load_checkpoint(path)
+    for key in ("optimizer", "scheduler", "rng", "epoch"):
+        if key not in payload:
+            raise CheckpointError(f"{path} cannot be resumed: it has no '{key}' (written before "
+                                  "resumable fine-tune checkpoints, or not by `x2vlm finetune`)")
+    if payload.get("head_name") != cfg.head:
+        raise CheckpointError(f"{path} holds head '{payload.get('head_name')}', the config asks "
+                              f"for '{cfg.head}'")
+    full = {f"model.{k}": v for k, v in payload["model"].items()} | dict(payload["head"])
+    rng = runtime.restore(state, payload, path, model_state=full)
+    if loader_generator is not None and "loader" in rng:
+        loader_generator.set_state(rng["loader"])
+    return int(payload["epoch"])
+
+
+def _evaluate_on_main(state: TrainState, stores: dict, out_dir: Path, logger, pm, *,
+                      write: bool, eval_copy: nn.Module | None = None) -> dict:
+    """Evaluate on rank 0 while the other ranks wait (heads evaluate whole stores). Under
+    FSDP every rank first gathers the weights and rank 0 evaluates ``eval_copy`` with them."""
+    from x2core.train import distributed, fsdp
+    info = state.dist
+    head = state.model
+    if state.sharded:
+        full = fsdp.full_model_state(state.model)  # a collective; only rank 0 receives it
+        if info.is_main:
+            eval_copy.load_state_dict(full)
+            head = eval_copy.to(info.device)
+    out = _evaluate_all(state, stores, out_dir, logger, pm, write=write, head=head) \
+        if info.is_main else {}
+    if state.sharded and info.is_main:
+        eval_copy.cpu()
+    if info.enabled:
+        torch.distributed.barrier(group=distributed.wait_group(info))
+    return out
+
+
+_TENSOR_KEYS = ("model", "head", "optimizer", "scheduler", "rng")
+
+
+def _jsonable_tensors(payload: dict) -> dict:
+    """weights_only loading accepts plain containers; make sure metric values are floats."""
+    plain = {k: v for k, v in payload.items() if k not in _TENSOR_KEYS}
+    return json.loads(json.dumps(plain)) | {k: payload[k] for k in _TENSOR_KEYS if k in payload}
+
+
+def _evaluate_all(state: TrainState, stores: dict, out_dir: Path, logger, pm, *,
+                  write: bool, head: nn.Module | None = None) -> dict:
+    """Evaluate ``head`` (default ``state.model``) on every store; hooks get ``state``."""
+    head = head if head is not None else state.model
+    cfg, step = state.cfg, state.step
+    head.eval()
+    device = next(head.parameters()).device  # where it runs (a rank's GPU under torchrun)
+    out = {}
+    for split, store in stores.items():
+        with torch.no_grad(), autocast_for(cfg.precision, device):
+            res: EvalResult = head.evaluate(store, batch_size=cfg.eval_batch_size,
+                                            progress=cfg.progress)
+        metrics = {k: float(v) for k, v in res.metrics.items()}
+        out[split] = metrics
+        logger.log(step, metrics, prefix=f"eval/{split}")
+        pm.hook.x2vlm_evaluate_end(state=state, step=step, metrics={f"{split}/{k}": v
+                                                                   for k, v in metrics.items()})
+        if write:
+            write_results(out_dir, split, metrics, res.predictions, multi=len(stores) > 1)
+    head.train()
+    return out
+
+
+def write_results(out_dir: Path, split: str, metrics: dict, predictions: list, *, multi: bool) -> None:
+    """``metrics.json`` (all splits, merged) and ``predictions.json`` (or
+    ``predictions_{split}.json`` when several splits are evaluated)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mpath = out_dir / "metrics.json"
+    allm = json.loads(mpath.read_text()) if mpath.exists() else {}
+    allm[split] = metrics
+    atomic_write(mpath, json.dumps(allm, indent=2))
+    name = f"predictions_{split}.json" if multi else "predictions.json"
+    atomic_write(out_dir / name, json.dumps(predictions))
+
+
+# --- evaluation of a checkpoint ------------------------------------------------------------
+
+def evaluate(cfg: FinetuneConfig, checkpoint: str, *, plugin_manager=None) -> dict:
+    """Evaluate a fine-tune checkpoint on ``cfg.eval``; writes metrics/predictions JSON."""
+    from x2core.model.factory import build_model
+    from x2core.model.config import ModelConfig
+    from x2core.plugin_manager import get_plugin_manager
+    from x2core.train import checkpoint as ckpt
+    from x2core.train.logging import MetricsLogger
+
+    pm = plugin_manager or get_plugin_manager()
+    if not cfg.eval_stores():
+        raise ConfigError("config field 'eval' is required for `x2vlm eval` (a store path or "
+                          "{split: path})")
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.device)
+    payload = ckpt.load_checkpoint(checkpoint)
+    if "model_config" in payload:
+        model = build_model(from_dict(ModelConfig, payload["model_config"]), plugin_manager=pm)
+    else:
+        from x2core.model.factory import model_config_for
+        model = build_model(model_config_for(cfg.model, **cfg.model_overrides), plugin_manager=pm)
+    head_name = payload.get("head_name", cfg.head)
+    if cfg.head and head_name != cfg.head:
+        raise CheckpointError(f"{checkpoint} holds head '{head_name}', the config asks for "
+                              f"'{cfg.head}'")
+    options = {**payload.get("head_options", {}), **cfg.head_options}
+    head = build_head(head_name, model, options, plugin_manager=pm)
+    state = {f"model.{k}": v for k, v in payload.get("model", payload).items()}
+    state.update(payload.get("head", {}))
+    from x2core.train.checkpoint import check_state_compatible
+    check_state_compatible(head.state_dict(), state, source=str(checkpoint))
+    head.load_state_dict(state)
+    head.to(device)
+    stores = {split: _open_store(p) for split, p in cfg.eval_stores().items()}
+    for split, store in stores.items():
+        check_store_fields(head_name, head.required_fields(False), store, split=split)
+    out_dir = Path(cfg.output_dir)
+    logger = MetricsLogger(str(out_dir), tensorboard=False)
+    state = TrainState(cfg, head, None, None, None, step=int(payload.get("step", 0)),
+                       output_dir=out_dir)
+    results = _evaluate_all(state, stores, out_dir, logger, pm, write=True)
+    logger.close()
+    return results

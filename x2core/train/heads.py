@@ -1,0 +1,271 @@
+"""The domain-head contract: what a fine-tuning task plugin provides.
+
+A head is an ``nn.Module`` built on the core :class:`~x2core.model.x2vlm.X2VLM`. It owns
+
+* **its modules** -- whatever it adds on the core (an MLP, a decoder, ...), created in
+  its constructor from the core model; the core itself is kept as ``head.model`` so the
+  runner saves and optimises both (``model.*`` keys are the core's, the rest the head's);
+* **its loss** -- ``head(batch) -> {"loss": scalar, other named scalars}``;
+* **the record fields it needs** -- ``head.required_fields(train)`` names fields of the
+  LMDB records (dotted paths reach into dicts: ``"texts.en"``); the runner checks the
+  first record of every store before anything else runs and fails with the field and
+  the head named (:func:`check_store_fields`);
+* **its data** -- ``head.build_dataset(store, train=...) -> HeadData`` (a map-style
+  dataset over the store and a collate function producing the batch ``forward`` reads);
+* **its metrics and predictions** -- ``head.evaluate(store, batch_size=..., progress=...)
+  -> EvalResult(metrics, predictions)``: metric floats and a list of JSON-able dicts that
+  the runner writes to ``metrics.json`` / ``predictions.json``.
+
+Heads are registered through the ``x2vlm_register_heads`` hook with a factory
+``factory(model: X2VLM, options: dict) -> Head``::
+
+    from x2core import hookimpl
+
+    @hookimpl
+    def x2vlm_register_heads(register):
+        register("my-task", MyHead, description="...")
+
+:class:`HeadBase` is an optional convenience (strict options, field check, a default
+``evaluate`` over ``predict``/``compute_metrics``); a head may instead implement the
+:class:`Head` protocol directly. The helpers below (:class:`StoreDataset`,
+:func:`collate`, :func:`load_image`, :func:`pick_texts`) are what the first-party heads
+use to read stores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+
+from x2core.config import from_dict
+from x2core.errors import ConfigError, InputError
+from x2core.utils.progress import maybe_progress  # noqa: F401  (part of the head contract)
+from x2core.data.text import pick_texts  # noqa: F401  (part of the head contract)
+from x2core.utils.device import move_to  # noqa: F401  (part of the head contract)
+
+_MISSING = object()
+
+
+# --- results ---------------------------------------------------------------------------
+
+@dataclass
+class HeadData:
+    """A map-style dataset and the collate function turning its items into a batch."""
+
+    dataset: torch.utils.data.Dataset
+    collate: Callable[[list], dict]
+
+
+@dataclass
+class EvalResult:
+    """Metric floats and JSON-able per-example predictions."""
+
+    metrics: dict[str, float]
+    predictions: list[dict] = field(default_factory=list)
+
+
+# --- the protocol ----------------------------------------------------------------------
+
+@runtime_checkable
+class Head(Protocol):
+    """What the fine-tune / eval runner calls on a head (an ``nn.Module``)."""
+
+    name: str
+    model: nn.Module
+
+    def required_fields(self, train: bool) -> Sequence[str]:
+        """Record fields the store must have for training (``train=True``) or eval."""
+
+    def build_dataset(self, store: Any, *, train: bool) -> HeadData:
+        """Dataset over an :class:`~x2core.data.store.LmdbReader` and its collate function."""
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Training losses; ``"loss"`` is the one to minimise."""
+
+    def evaluate(self, store: Any, *, batch_size: int = 32, progress: bool = False) -> EvalResult:
+        """Metrics and predictions on a store (the model is already in eval mode)."""
+
+
+# --- field checks ------------------------------------------------------------------------
+
+def get_field(record: Mapping, path: str, default: Any = _MISSING) -> Any:
+    """``record["a"]["b"]`` for ``path="a.b"``; ``default`` (or KeyError) when absent."""
+    node: Any = record
+    for part in path.split("."):
+        if isinstance(node, Mapping) and part in node and node[part] is not None:
+            node = node[part]
+        elif isinstance(node, list) and node and isinstance(node[0], Mapping) and part in node[0]:
+            node = node[0][part]  # "regions.bbox": the field of the list's items
+        else:
+            if default is _MISSING:
+                raise KeyError(path)
+            return default
+    return node
+
+
+def check_store_fields(head_name: str, fields: Sequence[str], store: Any, *,
+                       split: str = "") -> None:
+    """Fail when the store's first record lacks one of ``fields``, naming both.
+
+    Raises:
+        InputError: ``head 'vqa' needs record field 'answers' ... store X has: ...``.
+    """
+    if len(store) == 0:
+        raise InputError(f"head '{head_name}': store {getattr(store, 'path', store)} is empty")
+    first = store[0]
+    for f in fields:  # "a|b": either field will do
+        if not any(get_field(first, alt, None) is not None for alt in f.split("|")):
+            where = f" ({split})" if split else ""
+            have = ", ".join(sorted(k for k in first if k != "source"))
+            wanted = "' or '".join(alt.split(".")[0] for alt in f.split("|"))
+            raise InputError(
+                f"head '{head_name}' needs record field '{f}', but store "
+                f"{getattr(store, 'path', store)}{where} does not provide it (its records have: "
+                f"{have}). Pack the store with a format that writes "
+                f"'{wanted}', or choose another head.")
+
+
+# --- a convenience base ----------------------------------------------------------------------
+
+class HeadBase(nn.Module):
+    """Optional base: strict options, the field check, a default ``evaluate``.
+
+    Subclasses set ``name``, ``Options`` (a dataclass; unknown option -> error naming it),
+    ``train_fields`` / ``eval_fields``, and implement ``build_dataset``, ``forward`` and
+    either ``evaluate`` or ``predict(batch) -> list[dict]`` + ``compute_metrics(preds)``.
+    """
+
+    name: str = "head"
+    Options: type = dict
+    train_fields: tuple[str, ...] = ()
+    eval_fields: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, options: Mapping | None = None):
+        super().__init__()
+        self.model = model
+        self.options = parse_options(self.name, self.Options, options)
+
+    def required_fields(self, train: bool) -> Sequence[str]:
+        return self.train_fields if train else self.eval_fields
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def predict(self, batch: dict) -> list[dict]:
+        raise NotImplementedError(f"head '{self.name}' implements neither evaluate nor predict")
+
+    def compute_metrics(self, predictions: list[dict]) -> dict[str, float]:
+        return {}
+
+    @torch.no_grad()
+    def evaluate(self, store: Any, *, batch_size: int = 32, progress: bool = False) -> EvalResult:
+        data = self.build_dataset(store, train=False)
+        loader = torch.utils.data.DataLoader(data.dataset, batch_size=batch_size, shuffle=False,
+                                             collate_fn=data.collate)
+        preds: list[dict] = []
+        for batch in maybe_progress(loader, progress, f"eval {self.name}"):
+            preds.extend(self.predict(move_to(batch, self.device)))
+        return EvalResult(self.compute_metrics(preds), preds)
+
+
+def parse_options(head_name: str, options_cls: type, options: Mapping | None):
+    """Strict head options: a dataclass from a dict, unknown keys named."""
+    options = dict(options or {})
+    if options_cls is dict:
+        return options
+    try:
+        return from_dict(options_cls, options, _path="head_options")
+    except ConfigError as exc:
+        raise ConfigError(f"head '{head_name}': {exc}") from None
+
+
+def options_dict(options: Any) -> dict:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+
+
+# --- data helpers -------------------------------------------------------------------------
+
+class StoreDataset(torch.utils.data.Dataset):
+    """Items ``fn(record, index, rng)`` over an LMDB store, or over an index list.
+
+    Only the store path travels to workers (the reader reopens lazily there).
+    ``index`` entries may be ints (record numbers) or tuples whose first element is the
+    record number (e.g. ``(record, region)``); ``fn`` receives the entry as given.
+    """
+
+    def __init__(self, store: Any, fn: Callable, index: Sequence | None = None, seed: int = 0):
+        self.path = getattr(store, "path", store)
+        self._reader = store if not isinstance(store, str) else None
+        self.fn = fn
+        self.index = list(index) if index is not None else None
+        self.seed = seed
+        self._n = len(self.index) if self.index is not None else len(self.reader)
+        self._rng = random.Random(seed)
+
+    @property
+    def reader(self):
+        if self._reader is None:
+            from x2core.data.store import LmdbReader
+            self._reader = LmdbReader(self.path)
+        return self._reader
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int):
+        entry = self.index[i] if self.index is not None else i
+        rec_id = entry[0] if isinstance(entry, tuple) else entry
+        return self.fn(self.reader[rec_id], entry, self._rng)
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors, tensorise numbers and int lists of equal length, keep the rest as lists."""
+    out: dict = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        v0 = values[0]
+        if isinstance(v0, torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(v0, bool) or not isinstance(v0, (int, float, list)):
+            out[key] = values
+        elif isinstance(v0, (int, float)):
+            out[key] = torch.tensor(values)
+        elif v0 and all(isinstance(x, (int, float)) for x in v0) \
+                and all(isinstance(v, list) and len(v) == len(v0) for v in values):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+def load_image(data: bytes, image_res: int, *, train: bool = False, rng: random.Random | None = None,
+               scale: tuple[float, float] = (0.5, 1.0)) -> torch.Tensor:
+    """Encoded bytes -> normalised ``(3, res, res)``: the fine-tune train transform (random
+    resized crop with ``scale``, flip) or the eval resize."""
+    from x2core.data.transforms import eval_image_transform, train_image_transform
+    if train:
+        return train_image_transform(data, image_res, rng or random.Random(0), scale=scale)
+    return eval_image_transform(data, image_res)
+
+
+def text_processor(model: nn.Module, max_tokens: int, max_words: int | None = 40):
+    from x2core.data.text import TextProcessor
+    return TextProcessor(model.tokenizer, max_tokens, max_words=max_words)
+
+
+def image_res(model: nn.Module) -> int:
+    return int(model.config.vision.image_size)
+
+
+def fusion_width(model: nn.Module) -> int:
+    return int(model.fusion_encoder.hidden_size)
