@@ -8,7 +8,6 @@ across cards and clocks.
 """
 from __future__ import annotations
 
-import contextlib
 import resource
 import time
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from x2core.model.boxes import box_to_patch_mask
+from x2core.utils.device import autocast_for
 
 
 @dataclass
@@ -103,8 +103,7 @@ def bench_train_step(name: str, *, batch_size: int, device: torch.device, compil
     model.train()
     batch = synthetic_batch(model, batch_size, device, regions=regions)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
-    bf16 = device.type == "cuda"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    amp = autocast_for("auto", device)  # bf16 on CUDA, fp32 on CPU
     fwd = torch.compile(model) if compile else model
 
     def step():
@@ -133,7 +132,7 @@ def bench_train_step(name: str, *, batch_size: int, device: torch.device, compil
         peak = torch.cuda.max_memory_allocated(device) / 2**30
     else:  # process high-water mark (includes everything else the process holds)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     ceiling = ceiling or matmul_ceiling_tflops(device, dtype)
     achieved = flops / dt / 1e12
     return BenchResult(name, "compile" if compile else "eager", str(device), str(dtype).replace("torch.", ""),
