@@ -33,14 +33,3 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[BinaryIO
             os.unlink(tmp)
         raise
     return path
-
-
-def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
-    """Delete temporaries a killed writer left in ``directory`` (``.*.tmp``); returns them."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    stale = [p for p in d.glob(f".*{TMP_SUFFIX}") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
