@@ -27,9 +27,8 @@ checkpoint goes through ``x2vlm convert`` first) build the multilingual model:
   text encoder, ``model.safetensors``, ``tokenizer/``), loadable with ``from_pretrained``;
   ``config.json["extra"]["xlmr_swap"]`` records the report (kept / new / dropped);
   ``config.json["new_parameters"]`` lists the newly initialised tensors, which a training
-  run with ``init_from: OUT`` treats as new (``lr * optim.lr_mult``,
-  ``x2core.train.pretrain.load_initial_weights``); build that run's model with
-  ``model_overrides`` = the swapped config (:func:`x2core.model.directory.training_overrides`).
+  run with ``init_from: OUT`` treats as new (``lr * optim.lr_mult``); such a run with no
+  ``model:`` builds OUT's own architecture (:func:`x2core.train.runtime.build_run_model`).
 """
 from __future__ import annotations
 
@@ -88,45 +87,27 @@ class SwapReport:
 
 # --- the English side ------------------------------------------------------------------
 
-def _looks_like_reference(state: Mapping) -> bool:
-    keys = list(state)
-    return any(k.startswith(("text_encoder.bert.", "text_encoder.encoder.", "vision_encoder.blocks.",
-                             "cross_encoder.", "text_encoder.cls.")) for k in keys) and \
-        not any(k.startswith("fusion_encoder.") for k in keys)
-
-
 def read_english_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(model_config dict, state dict)`` of our model directory or training checkpoint.
+    """``(model_config dict, state dict)`` of any x2vlm artifact: a model directory, a run
+    directory, a checkpoint or a ``latest`` pointer (:func:`x2core.model.artifact.resolve`).
 
     A reference (official) checkpoint, a Hugging Face directory or anything else is
     refused with one line saying what to do.
     """
-    from x2core.model.directory import load_model_weights, read_model_config
+    from x2core.model.artifact import resolve
 
     p = Path(path)
     if not p.exists():
-        raise InputError(f"--from: '{p}' does not exist (give our model directory or a training "
-                         "checkpoint)")
-    if p.is_dir():
-        cfg = read_model_config(p)  # refuses HF / foreign directories with a hint
-        state = load_model_weights(p)
-    else:
-        if p.suffix == ".safetensors":
-            raise CheckpointError(f"--from: '{p}' is a bare safetensors file; give the model "
-                                  "directory that holds it (with its config.json)")
-        from x2core.train.checkpoint import load_checkpoint
-        payload = load_checkpoint(p)
-        if not isinstance(payload, dict):
-            raise CheckpointError(f"--from: '{p}' is not an x2vlm checkpoint")
-        if "model_config" not in payload or "model" not in payload:
-            sd = payload.get("model", payload)
-            if isinstance(sd, Mapping) and _looks_like_reference(sd):
-                raise CheckpointError(
-                    f"--from: '{p}' is a reference X²-VLM / X-VLM checkpoint, not ours; convert it "
-                    f"first: x2vlm convert --from x2vlm '{p}' --out DIR, then swap DIR")
-            raise CheckpointError(f"--from: '{p}' is not an x2vlm checkpoint (no 'model' and "
-                                  "'model_config'); give our model directory or training checkpoint")
-        cfg, state = dict(payload["model_config"]), dict(payload["model"])
+        raise InputError(f"--from: '{p}' does not exist (give our model directory, a run "
+                         "directory or a training checkpoint)")
+    try:
+        art = resolve(p)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--from: {exc}") from None
+    if art.model_config is None:
+        raise CheckpointError(f"--from: '{art.source}' is not an x2vlm checkpoint (no "
+                              "'model_config'); give our model directory or training checkpoint")
+    cfg, state = dict(art.model_config), dict(art.state)
     missing = [pre for pre in ("vision_encoder.", "fusion_encoder.", "itm_head.")
                if not any(k.startswith(pre) for k in state)]
     if missing:
@@ -296,8 +277,8 @@ def swap_text_encoder(source: str | os.PathLike, xlmr: str | os.PathLike, *,
         own[k].copy_(state[k])
 
     # What came from the XLM-R directory, what is new.
-    from x2core.model.directory import _dedupe
-    _, aliases = _dedupe(own)
+    from x2core.model.directory import dedupe_tensors
+    _, aliases = dedupe_tensors(own)
     params = {n for n, _ in model.named_parameters()}
     from_xlmr: list[str] = []
     if mode == "pretrained":

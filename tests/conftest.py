@@ -36,6 +36,34 @@ def synthetic_stores(tmp_path_factory):
     return out
 
 
+QUICK_DEMO_STEPS = 120  # enough for held-out similarity and grounding well above chance
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """What a new user runs first, once per session: ``x2vlm demo --quick`` in a subprocess.
+    ``{"out", "stdout", "results", "run", "lmdb", "raw", "steps"}``; later commands
+    (export, eval, fine-tune, predict) are fed the files it wrote."""
+    import json
+    import subprocess
+    import sys
+
+    import os
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("quick_demo") / "demo"
+    kept = os.environ.get("X2VLM_TEST_QUICK_DEMO")  # iterating locally: a kept earlier run
+    if kept and (Path(kept) / "demo_results.json").is_file():
+        out = Path(kept)
+    proc = subprocess.run([sys.executable, "-m", "x2core", "demo", "--quick", "--no-progress",
+                           "--out", str(out), f"steps={QUICK_DEMO_STEPS}"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": out, "stdout": proc.stdout, "run": out / "run", "lmdb": out / "lmdb",
+            "raw": out / "synthetic", "steps": QUICK_DEMO_STEPS,
+            "results": json.loads((out / "demo_results.json").read_text())}
+
+
 def pytest_collection_modifyitems(config, items):
     """`@pytest.mark.gpu` tests skip cleanly where CUDA is absent (CI, laptops)."""
     import torch

@@ -12,7 +12,7 @@ import x2core
 
 CORE = Path(x2core.__file__).resolve().parent
 OUTER = ("x2plugins", "x2adapters", "x2datasets")
-WINGS = {"model", "data", "train", "eval", "recipes", "cli", "utils"}
+WINGS = {"model", "data", "train", "eval", "recipes", "cli", "utils", "predict"}
 ROOT_API = {"__init__.py", "__main__.py", "hookspecs.py", "plugin_manager.py", "errors.py",
             "config.py", "interfaces.py"}
 

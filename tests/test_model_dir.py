@@ -126,8 +126,9 @@ def test_not_a_model_directory(tmp_path):
 
 
 def test_training_loop_loader_reads_the_directory(tiny, saved):
-    from x2core.train.pretrain import load_initial_weights
+    from x2core.model.artifact import load_weights
     torch.manual_seed(1)
     fresh = x2core.create_model("x2vlm-tiny")
-    assert load_initial_weights(fresh, str(saved)) == set()
+    report = load_weights(fresh, str(saved))
+    assert report.complete and report.untrained == []
     assert_same(outputs(tiny), outputs(fresh))

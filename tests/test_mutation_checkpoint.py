@@ -230,8 +230,12 @@ def test_find_resume_checkpoint(tmp_path):
     assert ckpt.find_resume_checkpoint(True, tmp_path) == second
     given = tmp_path / "step_00000001.pt"
     assert ckpt.find_resume_checkpoint(str(given), tmp_path) == given
-    assert ckpt.find_resume_checkpoint(tmp_path / "elsewhere.pt", tmp_path) == \
-        tmp_path / "elsewhere.pt"
+    with pytest.raises(CheckpointError, match="elsewhere.pt' does not exist"):
+        ckpt.find_resume_checkpoint(tmp_path / "elsewhere.pt", tmp_path)
+    # --resume takes the forms a user has: the latest pointer, the checkpoints directory
+    (tmp_path / "latest").write_text("step_00000001.pt\n")
+    assert ckpt.find_resume_checkpoint(str(tmp_path / "latest"), tmp_path) == given
+    assert ckpt.find_resume_checkpoint(str(tmp_path), tmp_path) == given
 
 
 def test_rank_rng_state_picks_this_ranks_entry_and_refuses_another_world_size():

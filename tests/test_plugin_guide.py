@@ -47,7 +47,7 @@ def guide_command(marker: str) -> tuple[dict[str, str], list[str]]:
 
 def test_guide_shows_each_example_module_verbatim():
     files = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert len(files) == 5
+    assert len(files) == 6
     for name in files:
         assert guide_block(f"example: {name}") == (EXAMPLES / name).read_text(), (
             f"the guide's copy of docs/examples/{name} differs from the file: paste the file "
@@ -90,6 +90,7 @@ def test_pyproject_entry_points_register_every_example(tmp_path, monkeypatch):
     assert info["centre_clip"].registered == {"frame_samplers": ["centre-clip"]}
     assert info["colour_head"].registered == {"heads": ["largest-colour"]}
     assert info["tsv_format"].registered == {"datasets": ["captions-tsv"]}
+    assert info["small_model"].registered == {"models": ["x2vlm-small"]}
     assert info["loss_log"].distribution == "x2vlm-guide-examples"
     assert pm.registry("datasets").get("captions-tsv").metadata["options"] == ["image_key",
                                                                               "caption_key"]
@@ -172,6 +173,39 @@ def test_gru_padding_is_invisible(use_plugins):
     torch.testing.assert_close(long[:, :n], short)
     with pytest.raises(ConfigError, match="hidden_size must be even"):
         ex.GruTextEncoder(enc.tokenizer, 15)
+
+
+# --- named model and weights ------------------------------------------------------------------
+
+def test_small_model_loads_its_weights_by_tag_and_lists_them(use_plugins, tmp_path, monkeypatch,
+                                                              capsys):
+    """The guide's `x2vlm models` line and Python snippet, with weights saved where the
+    example's record says (``$X2VLM_WEIGHTS_DIR/x2vlm-small-captions-v1``)."""
+    import x2core
+    from x2core.cli.app import main
+
+    env, argv = guide_command("model-list")
+    assert env.pop("X2VLM_WEIGHTS_DIR") == "weights"
+    use_plugins(env.pop("X2VLM_PLUGINS"))
+    assert not env
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("X2VLM_WEIGHTS_DIR", "weights")
+    assert main(argv) == 0
+    assert ".captions-v1 missing" in " ".join(capsys.readouterr().out.split())
+    torch.manual_seed(0)
+    trained = x2core.create_model("x2vlm-small")
+    x2core.save_pretrained(trained, tmp_path / "weights" / "x2vlm-small-captions-v1")
+    assert main(argv) == 0
+    assert ".captions-v1 present" in " ".join(capsys.readouterr().out.split())
+
+    torch.manual_seed(1)
+    scope: dict = {}
+    exec(guide_block("run: model-python"), scope)  # the guide's own snippet
+    want = trained.state_dict()
+    for model in (scope["model"], scope["same"]):
+        assert model.config.vision.depth == 4 and model.config.preprocess.interpolation == "bilinear"
+        assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    assert x2core.list_models("x2vlm-small", pretrained=True) == ["x2vlm-small.captions-v1"]
 
 
 # --- frame sampler ---------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_more_frames_than_the_table_is_a_clear_error():
 @pytest.mark.parametrize("new_frames", [8, 2])
 def test_changing_the_frame_count_resizes_the_table_on_load(tmp_path, new_frames):
     from x2core.model.directory import from_pretrained, save_pretrained
-    from x2core.train.pretrain import load_initial_weights
+    from x2core.model.artifact import load_weights
 
     pre = tiny(max_frames=3)  # pretrained on 3 frames, as X2-VLM
     with torch.no_grad():
@@ -77,7 +77,7 @@ def test_changing_the_frame_count_resizes_the_table_on_load(tmp_path, new_frames
     # `init_from` in a training / fine-tuning config: same rule, rows beyond keep their init
     fresh = tiny(max_frames=new_frames)
     init = fresh.video_pooling.frame_pos_embed.detach().clone()
-    load_initial_weights(fresh, str(tmp_path / "pre"))
+    load_weights(fresh, str(tmp_path / "pre"))
     table = fresh.video_pooling.frame_pos_embed
     assert torch.equal(table[:, :n], old[:, :n])
     assert torch.equal(table[:, n:], init[:, n:])

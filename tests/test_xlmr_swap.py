@@ -11,8 +11,7 @@ import transformers
 
 import x2core
 from x2adapters.xlmr_swap import read_english_model, swap_text_encoder, swap_to_directory
-from x2core.model.directory import (from_pretrained, load_model_weights, save_pretrained,
-                                    training_overrides)
+from x2core.model.directory import (from_pretrained, load_model_weights, save_pretrained)
 from x2core.model.width import WidthAdapter
 from x2core.errors import CheckpointError, ConfigError, InputError
 from x2core.data.tokenizers import train_sentencepiece
@@ -193,15 +192,14 @@ def test_round_trip_and_init_from_leaves_out_new_parameters(swapped_dir, tmp_pat
         assert torch.equal(model.encode_text(tok["text_ids"], tok["text_atts"]),
                            loaded.encode_text(tok["text_ids"], tok["text_atts"]))
     # the directory records exactly the new parameters: the loop gives them lr * lr_mult
-    from x2core.model.factory import model_config_for
-    from x2core.model.factory import build_model
-    from x2core.train.config import OptimConfig
-    from x2core.train.pretrain import load_initial_weights
+    from x2core.train.config import OptimConfig, RunConfig
     from x2core.train.optim import param_groups
+    from x2core.train.runtime import build_run_model
 
-    start = training_overrides(out)
-    fresh = build_model(model_config_for(start["model"], **start["model_overrides"]))
-    new = load_initial_weights(fresh, start["init_from"])
+    # init_from with no model: the swapped directory's own architecture (XLM-R, sizes)
+    fresh, _, init = build_run_model(RunConfig(init_from=str(out)))
+    assert fresh.config.text.name == model.config.text.name
+    new = set(init.untrained)
     params = {n for n, _ in fresh.named_parameters()}
     assert new & params == set(report.new)
     for k in report.kept:
@@ -265,7 +263,9 @@ def test_per_language_retrieval_on_the_synthetic_set(swapped_dir, synthetic_stor
                                      max_tokens=16, k=4)
     assert per_lang["en"]["ir_r1"] == results["en"]["ir_r1"]
     table = multilingual_table(results)
-    assert table.count("\n") == 4 and "text->image R@1" in table
+    # header, rule, an ITC-only and an ITC+ITM row per language, one chance row
+    assert table.count("\n") == 6 and "text->image R@1" in table
+    assert table.count("| ITC only |") == 2 and table.count("| ITC+ITM |") == 2
     with pytest.raises(InputError, match="no texts in"):
         evaluate_multilingual(model, str(store), langs=["fr"])
 

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = ["ConfigError", "InputError", "UnknownNameError", "X2Error", "hookimpl",
            "get_plugin_manager", "create_model", "list_models", "save_pretrained", "from_pretrained",
-           "__version__"]
+           "Predictor", "__version__"]
 
 
 def __getattr__(name):
@@ -28,4 +28,7 @@ def __getattr__(name):
     if name in ("save_pretrained", "from_pretrained"):
         from x2core.model import directory as model_dir  # config JSON + safetensors, no pickle
         return getattr(model_dir, name)
+    if name == "Predictor":
+        from x2core.predict.predictor import Predictor
+        return Predictor
     raise AttributeError(f"module 'x2core' has no attribute {name!r}")

@@ -49,6 +49,28 @@ def x2vlm_register_frame_samplers(register):
 
 
 @hookspec
+def x2vlm_register_models(register):
+    """Register named models (``create_model(NAME)``, ``x2vlm models``)::
+
+        register(name, factory, description="", reference="", pretrained=())
+
+    ``factory() -> ModelConfig`` is the architecture;
+    ``x2core.model.registry.Architecture(overrides)`` builds one from overrides on the
+    ModelConfig defaults. ``reference``: the reference config it mirrors.
+    ``pretrained``: :class:`x2core.model.registry.PretrainedWeights` records (``tag``,
+    ``location``: a local path, absolute or under ``$X2VLM_WEIGHTS_DIR``,
+    ``preprocessing``, ``description``, ``source``); ``create_model(name,
+    pretrained=TAG)`` loads them. Nothing is downloaded.
+
+    The callback is the one every kind has: the factory is what the name stands for
+    (an architecture), built on use; the network is not, because ``create_model``
+    combines the architecture with the caller's overrides and a tag's preprocessing.
+    Weights are metadata: facts about the name, several per name, listed and checked
+    for on disk without building anything.
+    """
+
+
+@hookspec
 def x2vlm_register_heads(register):
     """Register domain heads (retrieval, VQA, NLVR2, grounding, ...)."""
 

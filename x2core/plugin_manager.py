@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "x2datasets.builtin",
     "x2adapters.builtin_adapters",
     "x2plugins.heads.builtin",
+    "x2plugins.models",
 )
 
 # kind -> registration hook name
@@ -51,12 +52,13 @@ KINDS: dict[str, str] = {
     "datasets": "x2vlm_register_datasets",
     "adapters": "x2vlm_register_adapters",
     "generators": "x2vlm_register_generators",
+    "models": "x2vlm_register_models",
 }
 
 _SINGULAR = {
     "text_encoders": "text encoder", "vision_encoders": "vision encoder",
     "frame_samplers": "frame sampler", "heads": "head", "datasets": "dataset format",
-    "adapters": "adapter", "generators": "data generator",
+    "adapters": "adapter", "generators": "data generator", "models": "model",
 }
 
 

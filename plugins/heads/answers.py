@@ -7,6 +7,7 @@ options so a checkpoint rebuilds the same shape.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from x2core.errors import InputError
@@ -27,3 +28,13 @@ def answer_index(head_name: str, mlp: nn.Sequential, answers: list[str]) -> dict
         raise InputError(f"{head_name}: the head has {mlp[-1].out_features} answers, the answer "
                          f"list {len(answers)}")
     return {a: i for i, a in enumerate(answers)}
+
+
+def top_answers(scores: torch.Tensor, answers: list[str], k: int, *, softmax: bool = True
+                ) -> list[list[tuple[str, float]]]:
+    """``(B, A)`` logits (or, ``softmax=False``, probabilities) over ``answers`` -> per row
+    the ``k`` best ``(answer, probability)``, best first (the heads' ``answer_scores``)."""
+    probs = scores.float().softmax(-1) if softmax else scores.float()
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [[(answers[int(i)], float(p)) for p, i in zip(vals, idx)]
+            for vals, idx in zip(top.values.tolist(), top.indices.tolist())]

@@ -84,6 +84,13 @@ class ClassificationHead(HeadBase):
         return {"loss": F.cross_entropy(logits, batch["label"])}
 
     @torch.no_grad()
+    def class_probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """The trained head's ``(B, n_classes)`` softmax for images ``(B, 3, R, R)``
+        (columns follow ``options.classes``)."""
+        embeds, _, _ = self.model.encode_image(image)
+        return self.cls_head(embeds[:, 0]).float().softmax(-1)
+
+    @torch.no_grad()
     def class_text_features(self) -> torch.Tensor:
         proc = text_processor(self.model, self.options.max_tokens, max_words=None)
         rows = [proc(self.options.prompt.format(c)) for c in self.options.classes]

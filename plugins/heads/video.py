@@ -28,7 +28,7 @@ from x2core.errors import InputError
 from x2core.train.heads import HeadBase, HeadData, StoreDataset, collate, image_res, text_processor
 from x2core.eval.metrics.classification import accuracy
 
-from .answers import answer_index, build_answer_mlp
+from .answers import answer_index, build_answer_mlp, top_answers
 from .retrieval import RetrievalHead, RetrievalOptions
 
 VIDEO_FIELD = "video|frames"
@@ -89,6 +89,10 @@ class VideoQaHead(HeadBase):
     Options = VideoQaOptions
     train_fields = (VIDEO_FIELD, "question", "answers")
     eval_fields = (VIDEO_FIELD, "question")
+    vocabulary_attributes = ("answer_list",)  # saved with the weights: predict needs no store
+
+    def vocabularies_set(self) -> None:
+        self._ensure_answers(None)
 
     def __init__(self, model, options=None):
         super().__init__(model, options)
@@ -150,6 +154,12 @@ class VideoQaHead(HeadBase):
         return [{"question_id": qids[i].item() if torch.is_tensor(qids[i]) else qids[i],
                  "answer": self.answer_list[b], "_gt": batch["answer_gt"][i]}
                 for i, b in enumerate(best)]
+
+    @torch.no_grad()
+    def answer_scores(self, batch, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per question (``video (Q, F, 3, R, R)``, ``text_ids``/``text_atts (Q, L)``) the
+        ``k`` most probable ``(answer, probability)``, best first."""
+        return top_answers(self.logits(batch), self.answer_list, k)
 
     def compute_metrics(self, predictions):
         scored = [p for p in predictions if p.get("_gt")]

@@ -31,7 +31,7 @@ from x2core.model.fusion import FusionLayer
 from x2core.train.heads import (HeadBase, HeadData, StoreDataset, collate, fusion_width,
                           image_res, load_image, text_processor)
 from x2core.eval.metrics.vqa import annotators_from_weights, vqa_score
-from .answers import answer_index, build_answer_mlp
+from .answers import answer_index, build_answer_mlp, top_answers
 
 
 @dataclass
@@ -115,6 +115,10 @@ def _load_answer_list(path: str | None, store) -> list[str]:
 class _VqaCommon(HeadBase):
     train_fields = ("image", "question", "answers")
     eval_fields = ("image", "question")
+    vocabulary_attributes = ("answer_list",)  # saved with the weights: predict needs no store
+
+    def vocabularies_set(self) -> None:
+        self._ensure_answers(None)
 
     def _data(self, store, train: bool):
         o, res = self.options, image_res(self.model)
@@ -195,8 +199,10 @@ class VqaGenerativeHead(_VqaCommon):
         loss = (w * nll).sum() / len(batch["gt"])
         return {"loss": loss}
 
-    @torch.no_grad()
-    def predict(self, batch):
+    def _rank_answers(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k_test`` answers with the best first-token probability per question,
+        ``(Q, k)`` indices into ``answer_list``, and their full-sequence log-likelihoods
+        ``(Q, k)``."""
         fused = self._fused_question(batch)
         q_atts = batch["text_atts"]
         dev = fused.device
@@ -212,10 +218,28 @@ class VqaGenerativeHead(_VqaCommon):
         a_rows = topk.flatten()
         ids, atts = ans_ids[a_rows], ans_atts[a_rows]
         logits = self.text_decoder(ids, atts, fused[q_rows], q_atts[q_rows])
-        scores = sequence_logprob(logits, ids, atts).view(n_q, k)
+        return topk, sequence_logprob(logits, ids, atts).view(n_q, k)
+
+    @torch.no_grad()
+    def predict(self, batch):
+        topk, scores = self._rank_answers(batch)
         best = topk.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
         return [{"question_id": _plain(batch["question_id"][i]), "answer": self.answer_list[int(best[i])],
-                 "_gt": self._gt(batch, i)} for i in range(n_q)]
+                 "_gt": self._gt(batch, i)} for i in range(len(best))]
+
+    @torch.no_grad()
+    def answer_scores(self, batch, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per question (``image (Q, 3, R, R)``, ``text_ids``/``text_atts (Q, L)``) the
+        ``k`` best ``(answer, score)``, best first; the first is :meth:`predict`'s answer.
+        The score is the softmax of the sequence log-likelihoods over the ``k_test``
+        re-ranked candidates (a probability among those, not over the whole list)."""
+        topk, scores = self._rank_answers(batch)
+        order = scores.argsort(dim=1, descending=True, stable=True)
+        probs = scores.gather(1, order).softmax(-1)
+        ranked = topk.gather(1, order)
+        n = min(k, ranked.shape[1])
+        return [[(self.answer_list[int(a)], float(p)) for a, p in zip(row[:n].tolist(), pr[:n].tolist())]
+                for row, pr in zip(ranked, probs)]
 
 
 @dataclass
@@ -272,6 +296,12 @@ class VqaClassificationHead(_VqaCommon):
         best = logits.argmax(1)
         return [{"question_id": _plain(batch["question_id"][i]), "answer": self.answer_list[int(best[i])],
                  "_gt": self._gt(batch, i)} for i in range(len(best))]
+
+    @torch.no_grad()
+    def answer_scores(self, batch, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per question the ``k`` most probable ``(answer, probability)`` (softmax over the
+        answer list), best first; the first is :meth:`predict`'s answer."""
+        return top_answers(self.cls_head(self._fused_question(batch)[:, 0]), self.answer_list, k)
 
 
 def _plain(x):

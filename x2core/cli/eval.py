@@ -1,7 +1,9 @@
-"""``x2vlm eval CONFIG --checkpoint PATH [key=value ...]``: evaluate a fine-tuned head.
+"""``x2vlm eval CONFIG --checkpoint MODEL [key=value ...]``: evaluate a fine-tuned head.
 
-The checkpoint brings the model configuration, the head and its options; the config
-gives the eval stores (``eval=PATH`` or ``eval: {split: PATH}``) and ``output_dir``.
+``MODEL`` is a fine-tune checkpoint, its ``latest`` pointer or run directory, or a model
+directory exported from one (``x2vlm export``). It brings the architecture, the head, its
+options and vocabularies; the config gives the eval stores (``eval=PATH`` or
+``eval: {split: PATH}``) and ``output_dir``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotlist overrides, e.g. eval=/data/coco_test output_dir=runs/eval")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="a checkpoint written by `x2vlm finetune` (checkpoints/step_*.pt)")
+                        help="what `x2vlm finetune` wrote: its run directory, checkpoints/latest, a "
+                             "step_*.pt, or a model directory exported from it")
 
 
 def run(args) -> int:
@@ -23,8 +26,9 @@ def run(args) -> int:
     config, overrides, _ = split_config_arg(args, "finetune")
     base = {}
     if not config and not any(o.startswith("head=") for o in overrides):
-        from x2core.train.checkpoint import load_checkpoint
-        base = {"head": load_checkpoint(args.checkpoint).get("head_name", "")}
+        from x2core.model.artifact import resolve
+        head = resolve(args.checkpoint).head
+        base = {"head": head.name if head is not None else ""}
     cfg = load_finetune_config(config, overrides, base=base)
     results = evaluate(cfg, args.checkpoint)
     for split, metrics in results.items():

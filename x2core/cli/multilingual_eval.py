@@ -21,7 +21,7 @@ examples:
 def add_arguments(parser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
-    parser.add_argument("model", metavar="MODEL", help="model directory, checkpoint or run directory")
+    parser.add_argument("model", metavar="MODEL", help="model directory, run directory, checkpoint or checkpoints/latest")
     parser.add_argument("--store", action="append", required=True, metavar="[LANG=]PATH",
                         help="a multilingual store, or LANG=PATH (repeat per language)")
     parser.add_argument("--langs", help="comma-separated languages to evaluate (default: all)")

@@ -15,7 +15,8 @@ config.json lists the new tensors, so init_from=DIR in a training config gives t
 lr * optim.lr_mult; see the multilingual_cclm_* recipes in `x2vlm configs list`),
 plus DIR/swap_report.json (kept / loaded / new / dropped tensors).
 
---from takes our model directory or our training checkpoint; an official X²-VLM
+--from takes any of our model forms (model directory, run directory, checkpoint, the
+checkpoints/latest pointer); an official X²-VLM
 checkpoint goes through `x2vlm convert --from x2vlm CKPT --out DIR` first.
 --xlmr takes a local Hugging Face XLM-R directory (xlm-roberta-base / -large, weights
 loaded), or a SentencePiece .model / tokenizer directory for a randomly initialised
@@ -33,7 +34,8 @@ def add_arguments(parser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
     parser.add_argument("--from", dest="source", required=True, metavar="MODEL",
-                        help="the English model: our model directory or training checkpoint")
+                        help="the English model: a model directory, run directory, checkpoint or "
+                             "checkpoints/latest")
     parser.add_argument("--xlmr", required=True, metavar="XLMR_DIR_OR_SPM",
                         help="local HF XLM-R directory, or a SentencePiece .model (random init)")
     parser.add_argument("--xlmr-config", metavar="JSON",

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
+from x2core.data.transforms import CLIP_MEAN, CLIP_STD
 from x2core.errors import ConfigError
 
 AttnImpl = Literal["sdpa", "math"]
@@ -98,6 +99,18 @@ class LossConfig:
     bbox: float = 1.0
     giou: float = 1.0
     calc_image_bbox_loss: bool = False  # reference: whole-image rows get no box loss
+    # Not in the reference (0 = its sampler exactly): this share of ITM negatives is drawn
+    # uniformly from the batch instead of from softmax(ITC similarity / temp). From
+    # scratch, ITC's nearest rows alone keep a small fusion encoder at ITM's
+    # constant-prediction loss (the demo's x2vlm-tiny: 800 steps at 0.637); the demo uses
+    # 0.5. See x2core.model.losses.sample_hard_negatives.
+    itm_uniform_negatives: float = 0.0
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else ""
+        if not 0.0 <= self.itm_uniform_negatives <= 1.0:
+            raise ConfigError(f"config field '{p}itm_uniform_negatives' must lie in [0, 1], "
+                              f"got {self.itm_uniform_negatives}")
 
 
 @dataclass
@@ -127,6 +140,33 @@ class VideoConfig:
 
 
 @dataclass
+class PreprocessConfig:
+    """How raw images and videos become the model's input at inference
+    (:mod:`x2core.data.preprocess`; the image size is ``vision.image_size``).
+
+    Stored with the model config, so every checkpoint and model directory says how to
+    feed it; configs written before this section existed get these defaults, which are
+    the evaluation transform the models were trained and evaluated with: a squash resize
+    to ``R x R`` and the CLIP mean/std; videos: ``num_frames`` frames (default: as many
+    as the frame-position table has, ``video.max_frames``) picked by the ``segment``
+    sampler's evaluation rule.
+    """
+
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    interpolation: Literal["bicubic", "bilinear", "nearest", "lanczos"] = "bicubic"
+    num_frames: Optional[int] = None  # default: video.max_frames
+    frame_sampler: Union[str, dict[str, Any]] = "segment"  # or {name: fps, target_fps: 2}
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else ""
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"config field '{p}std' must be positive, got {list(self.std)}")
+        if self.num_frames is not None and self.num_frames < 1:
+            raise ConfigError(f"config field '{p}num_frames' must be >= 1, got {self.num_frames}")
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -137,6 +177,7 @@ class ModelConfig:
     temp_min: float = 0.001
     temp_max: float = 0.5
     video: VideoConfig = field(default_factory=VideoConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""

@@ -5,6 +5,8 @@ Layout written by :func:`save_pretrained`::
     DIR/config.json         {"format": "x2vlm-model", "format_version": 1, "model_config": {...}}
     DIR/model.safetensors   every tensor of ``model.state_dict()``, tied tensors stored once
     DIR/tokenizer/          the text tokenizer (``tokenizer.save_pretrained``)
+    DIR/head/               a fine-tuned head, when saved with one: config.json (name,
+                            options, vocabularies) + model.safetensors (its own tensors)
 
 The directory is self-contained: ``model_config.text.pretrained`` and
 ``vision.pretrained`` are cleared (the weights are in the safetensors file), the text
@@ -27,8 +29,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from x2core.errors import CheckpointError, ConfigError
-from x2core.model.loading import LoadReport, compare_state, storage_aliases, tied_names
+from x2core.errors import CheckpointError
+from x2core.model.loading import storage_aliases
 from x2core.utils.atomic import atomic_write
 
 FORMAT = "x2vlm-model"
@@ -36,10 +38,11 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
-_ALIAS_KEY = "x2vlm.aliases"
+ALIAS_KEY = "x2vlm.aliases"
 
 __all__ = ["save_pretrained", "from_pretrained", "load_model_weights", "read_model_config",
-           "FORMAT", "FORMAT_VERSION"]
+           "FORMAT", "FORMAT_VERSION", "HEAD_DIR"]
+HEAD_DIR = "head"
 
 
 # --- saving ---------------------------------------------------------------------------
@@ -65,7 +68,7 @@ def _self_contained_config(model) -> dict:
     return data
 
 
-def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def dedupe_tensors(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Keep one name per shared storage view; return ``(tensors, {alias: kept_name})``."""
     aliases = storage_aliases(state)
     out = {name: t.detach().cpu().contiguous() for name, t in state.items() if name not in aliases}
@@ -82,10 +85,14 @@ def _dedupe(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
 
 
 def save_pretrained(model, directory: str | os.PathLike, *, save_tokenizer: bool = True,
-                    extra: Mapping[str, Any] | None = None, new_parameters: Iterable[str] = ()) -> Path:
+                    extra: Mapping[str, Any] | None = None, new_parameters: Iterable[str] = (),
+                    head=None) -> Path:
     """Write ``model`` (an :class:`x2core.model.x2vlm.X2VLM`) to ``directory``.
 
     Args:
+        head: a fine-tuned head built on ``model`` (``head.model is model``), written to
+            ``directory/head/`` (its name, options, vocabularies and own weights);
+            :meth:`X2VLM.save_pretrained` passes the attached ``model.head``.
         save_tokenizer: also write the text tokenizer to ``directory/tokenizer``.
         extra: JSON-serialisable facts stored under ``"extra"`` in config.json
             (e.g. where a converted checkpoint came from).
@@ -104,7 +111,7 @@ def save_pretrained(model, directory: str | os.PathLike, *, save_tokenizer: bool
         raise CheckpointError("this model carries LoRA adapters; save them with "
                               "x2adapters.lora.save_adapter, or merge them first with "
                               "x2adapters.lora.merge_lora(model)")
-    tensors, aliases = _dedupe(model.state_dict())
+    tensors, aliases = dedupe_tensors(model.state_dict())
     config = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "model_config": _self_contained_config(model)}
     if extra:
@@ -115,10 +122,18 @@ def save_pretrained(model, directory: str | os.PathLike, *, save_tokenizer: bool
     if not save_tokenizer:
         config["model_config"]["text"]["tokenizer"] = model.config.text.tokenizer
     atomic_write(d / WEIGHTS_FILE, save(
-        tensors, metadata={"format": "pt", _ALIAS_KEY: json.dumps(aliases, sort_keys=True)}))
+        tensors, metadata={"format": "pt", ALIAS_KEY: json.dumps(aliases, sort_keys=True)}))
     atomic_write(d / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=False) + "\n")
     if save_tokenizer and getattr(model.text_encoder, "tokenizer", None) is not None:
         model.text_encoder.tokenizer.save_pretrained(str(d / TOKENIZER_DIR))
+    if head is not None:
+        if getattr(head, "model", None) is not model:
+            raise CheckpointError("save_pretrained: the head was built on another model")
+        from x2core.model.artifact import write_head_dir
+        write_head_dir(head, d / HEAD_DIR)
+    elif (d / HEAD_DIR).is_dir():  # a head of an earlier save would be loaded with this core
+        import shutil
+        shutil.rmtree(d / HEAD_DIR)
     return d
 
 
@@ -153,7 +168,7 @@ def load_model_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read '{p}' (truncated or not a safetensors file): "
                               f"{exc}") from None
     try:
-        aliases = json.loads(meta.get(_ALIAS_KEY, "{}"))
+        aliases = json.loads(meta.get(ALIAS_KEY, "{}"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"'{p}': corrupt alias metadata: {exc}") from None
     for alias, target in aliases.items():
@@ -203,54 +218,14 @@ def read_new_parameters(directory: str | os.PathLike) -> set[str]:
     return set(data.get("new_parameters") or ())
 
 
-def load_state_checked(model, state: Mapping[str, torch.Tensor], *, source: str,
-                       ignore_missing: Iterable[str] = ()) -> LoadReport:
-    """Refuse (listing the keys) any missing, unexpected or mis-shaped tensor, then
-    ``load_state_dict(strict=False)``; tied aliases may be absent."""
-    report = compare_state(model.state_dict(), state, source=source,
-                           ignore_missing=set(ignore_missing) | tied_names(model))
-    report.raise_for_problems()
-    try:
-        model.load_state_dict(dict(state), strict=False)
-    except RuntimeError as exc:  # defensive: compare_state should have caught it
-        raise CheckpointError(f"{source} does not fit the model: {exc}") from None
-    return report
-
-
-def from_pretrained(directory: str | os.PathLike, **overrides):
-    """Build an :class:`x2core.model.x2vlm.X2VLM` from a directory written by :func:`save_pretrained`.
+def from_pretrained(path: str | os.PathLike, **overrides):
+    """:meth:`X2VLM.from_pretrained`: build the model any artifact describes (a model
+    directory, a run directory, a checkpoint or a ``latest`` pointer) and load it.
 
     ``overrides`` are :func:`x2core.model.factory.model_config_for` keywords, e.g.
     ``vision={"image_size": 384}`` (relative-position tables are interpolated) or
-    ``fusion={"dropout": 0.0}``. Config and weights that disagree raise
-    :class:`CheckpointError` listing the offending keys and shapes.
+    ``fusion={"dropout": 0.0}``; ``with_head=False`` / ``allow_partial=True`` pass through.
+    Config and weights that disagree raise :class:`CheckpointError` listing the keys.
     """
-    from x2core.model.factory import build_model, model_config_for
-
-    d = Path(directory)
-    if not d.is_dir():
-        raise CheckpointError(f"model directory '{d}' does not exist")
-    data = read_model_config(d)
-    try:
-        cfg = model_config_for(data, **overrides)
-    except ConfigError as exc:
-        raise CheckpointError(f"'{d / CONFIG_FILE}': {exc}") from None
-    state = load_model_weights(d)
-    model = build_model(cfg)
-    load_state_checked(model, state, source=f"'{d / WEIGHTS_FILE}'")
-    return model
-
-
-def training_overrides(out: str | os.PathLike) -> dict[str, Any]:
-    """``{"model", "model_overrides", "init_from"}`` for a TrainConfig starting from the
-    model directory ``OUT`` (for example one written by the XLM-R swap).
-
-    ``model_overrides`` is the directory's whole config (tokenizer path made absolute), so
-    the training model is built exactly as the saved one; ``init_from`` is ``OUT``, whose
-    recorded ``new_parameters`` get ``lr_mult``.
-    """
-    d = Path(out)
-    cfg = read_model_config(d)
-    if not read_new_parameters(d):
-        raise CheckpointError(f"'{d}' records no new parameters (not written by the XLM-R swap)")
-    return {"model": "x2vlm-tiny", "model_overrides": cfg, "init_from": str(d.resolve())}
+    from x2core.model.artifact import load_model
+    return load_model(path, **overrides)

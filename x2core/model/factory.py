@@ -1,58 +1,51 @@
-"""``create_model`` / ``list_models``: one small factory over named configurations.
+"""``create_model`` / ``list_models``: one small factory over named models.
 
-Named models are data (:class:`ModelSpec`), not code paths: each is a set of
-overrides on :class:`x2core.model.config.ModelConfig`. Encoders come from the
-plugin registries, so a third-party text or vision encoder needs no edit here.
+Named models are data, not code paths: plugins register them through the
+``x2vlm_register_models`` hook (:mod:`x2core.model.registry`; the built-ins are
+``x2plugins.models``), each an architecture (overrides on
+:class:`x2core.model.config.ModelConfig`) with the tags of its pretrained weights.
+Encoders come from the plugin registries, so a third-party text or vision encoder needs
+no edit here.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+import os
+from pathlib import Path
+from typing import Mapping
 
 from x2core.config import from_dict, merge, to_dict
-from x2core.errors import ConfigError, UnknownNameError, X2Error
+from x2core.errors import ConfigError, X2Error
 from x2core.model.config import ModelConfig
+from x2core.model.registry import (WEIGHTS_ENV, Architecture, ModelSpec, PretrainedWeights,
+                                   model_spec, model_specs, resolve_pretrained, split_tag)
+
+__all__ = ["create_model", "list_models", "model_config_for", "build_model", "describe",
+           "Architecture", "ModelSpec", "PretrainedWeights", "WEIGHTS_ENV"]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A named configuration: overrides on the ModelConfig defaults, plus facts."""
-
-    name: str
-    description: str
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    reference: str = ""
+def __getattr__(name):
+    # ``MODEL_SPECS`` was a hard-coded dict before models became a plugin kind; callers
+    # that test membership or list it keep working, on the live registry.
+    if name == "MODEL_SPECS":
+        return model_specs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_TINY = {
-    "vision": {"image_size": 64, "patch_size": 16, "width": 64, "depth": 2, "num_heads": 2,
-               "drop_path_rate": 0.0},
-    "text": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128,
-             "max_position_embeddings": 64},
-    "fusion": {"num_layers": 2, "num_heads": 2, "intermediate_size": 128},
-    "embed_dim": 32,
-}
-_LARGE = {
-    "vision": {"width": 1024, "depth": 24, "num_heads": 16},
-    # bert-large-uncased-12l: BERT-large width with 12 layers (facts §1.1)
-    "text": {"hidden_size": 1024, "num_layers": 12, "num_heads": 16, "intermediate_size": 4096},
-    "fusion": {"num_heads": 16, "intermediate_size": 4096},
-}
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Names of the registered models matching a glob pattern.
 
-MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in (
-    ModelSpec("x2vlm-tiny", "Tiny sizes for tests, the demo and CPU debugging", _TINY),
-    ModelSpec("x2vlm-base", "BEiT-v2 B/16 + 12-layer text encoder + 6-layer fusion (X2-VLM base)",
-              {}, "configs/pretrain/x2vlm_base_4m.yaml"),
-    ModelSpec("x2vlm-large", "BEiT-v2 L/16 + BERT-large-12l + 6-layer fusion (X2-VLM large, 593M)",
-              _LARGE, "configs/pretrain/x2vlm_large_4m.yaml"),
-)}
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the registered model configurations matching a glob pattern."""
+    ``pretrained=True`` lists ``NAME.TAG`` for every registered set of weights (as timm
+    does: what ``create_model("NAME.TAG")`` accepts), whether or not its files are on this
+    machine; ``x2vlm models`` shows which are present. The pattern matches the model name
+    or the whole ``NAME.TAG``.
+    """
     import fnmatch
-    return sorted(n for n in MODEL_SPECS if fnmatch.fnmatch(n, pattern))
+
+    specs = model_specs()
+    if not pretrained:
+        return sorted(n for n in specs if fnmatch.fnmatch(n, pattern))
+    return sorted(f"{n}.{t}" for n, s in specs.items() for t in s.tags
+                  if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(f"{n}.{t}", pattern))
 
 
 def model_config_for(name_or_config: str | Mapping | ModelConfig, *,
@@ -67,10 +60,7 @@ def model_config_for(name_or_config: str | Mapping | ModelConfig, *,
     elif isinstance(name_or_config, Mapping):
         data = dict(name_or_config)
     elif isinstance(name_or_config, str):
-        if name_or_config not in MODEL_SPECS:
-            raise UnknownNameError(f"unknown model '{name_or_config}'. Known: {', '.join(list_models())}")
-        data = to_dict(ModelConfig())
-        data = merge(data, MODEL_SPECS[name_or_config].overrides)
+        data = to_dict(model_spec(name_or_config).config())
     else:
         raise ConfigError(f"create_model takes a name, a dict or a ModelConfig, "
                           f"not {type(name_or_config).__name__}")
@@ -112,20 +102,69 @@ def _check_module(module, protocol, what, name) -> None:
 
 
 def create_model(name_or_config: str | Mapping | ModelConfig = "x2vlm-base", *,
-                 text_encoder: str | None = None, **overrides):
-    """Build an :class:`x2core.model.x2vlm.X2VLM`.
+                 text_encoder: str | None = None,
+                 pretrained: str | os.PathLike | None = None, **overrides):
+    """Build an :class:`x2core.model.x2vlm.X2VLM`, with pretrained weights when asked.
+
+    ``pretrained``: a tag of the named model (``"4m"``; ``create_model("x2vlm-base.4m")``
+    is the same), found under ``$X2VLM_WEIGHTS_DIR`` or at its absolute location, or any
+    path :func:`x2core.model.artifact.resolve` reads (model directory, run directory,
+    checkpoint, ``latest`` pointer). The architecture is the named one; a tag's
+    preprocessing (image size, mean/std, interpolation) applies under ``overrides``; the
+    weights' own tokenizer is used unless ``text`` names one. Every tensor must load
+    (:class:`x2core.errors.CheckpointError` lists the keys otherwise).
 
     Examples::
 
         create_model("x2vlm-tiny")
+        create_model("x2vlm-base", pretrained="4m")          # $X2VLM_WEIGHTS_DIR/x2vlm-base-4m
+        create_model("x2vlm-base", pretrained="models/x2vlm-base")
         create_model("x2vlm-base", text_encoder="xlm-roberta",
                      text={"pretrained": "/models/xlm-roberta-base"})
         create_model("x2vlm-base", vision={"image_size": 384})
     """
-    cfg = model_config_for(name_or_config, text_encoder=text_encoder, **overrides)
-    return build_model(cfg)
+    if isinstance(name_or_config, str):
+        name, tag = split_tag(name_or_config, model_specs())
+        if tag is not None:
+            if pretrained is not None:
+                raise ConfigError(f"create_model('{name_or_config}') names weights already; "
+                                  f"drop pretrained={os.fspath(pretrained)!r} or the '.{tag}'")
+            name_or_config, pretrained = name, tag
+    if pretrained is None:
+        return build_model(model_config_for(name_or_config, text_encoder=text_encoder, **overrides))
+
+    from x2core.model.artifact import load_weights, resolve
+
+    spec = model_spec(name_or_config) if isinstance(name_or_config, str) else None
+    path, weights = resolve_pretrained(spec, pretrained)
+    art = resolve(path)
+    extra = weights.config_overrides() if weights is not None else {}
+    text = overrides.get("text") or {}
+    stored = ((art.model_config or {}).get("text") or {}).get("tokenizer")
+    # The token ids in the weights are the saved tokenizer's; the architecture's default
+    # (a built-in vocabulary) would not match the embedding table.
+    if (isinstance(stored, str) and Path(stored).exists() and text_encoder is None
+            and not (isinstance(text, Mapping) and ({"tokenizer", "pretrained"} & set(text)))):
+        extra = merge(extra, {"text": {"tokenizer": stored}})
+    try:
+        cfg = model_config_for(name_or_config, text_encoder=text_encoder,
+                               **merge(extra, overrides))
+    except ConfigError as exc:
+        if weights is None:
+            raise
+        raise ConfigError(f"pretrained weights '{spec.name}.{weights.tag}' (plugin "
+                          f"'{spec.plugin}'): preprocessing: {exc}") from None
+    model = build_model(cfg)
+    load_weights(model, art, allow_partial=False)
+    return model
 
 
 def describe(name: str) -> dict:
-    spec = MODEL_SPECS[name]
-    return {**dataclasses.asdict(spec), "config": to_dict(model_config_for(name))}
+    """A named model as JSON-able data: the record, its weights (with where each is
+    looked for and whether it is there) and the full config."""
+    spec = model_spec(name)
+    return {"name": spec.name, "description": spec.description, "reference": spec.reference,
+            "plugin": spec.plugin, "overrides": spec.overrides,
+            "pretrained": [w.info() for w in spec.pretrained],
+            "config": to_dict(spec.config())}
+

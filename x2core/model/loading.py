@@ -48,6 +48,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shapes: list[str] = field(default_factory=list)
+    untrained: list[str] = field(default_factory=list)  # set by load_weights: lr_mult on init
 
     @property
     def complete(self) -> bool:

@@ -107,12 +107,12 @@ def english_config(cfg: MultilingualDemoConfig, paths: dict[str, str]):
 
 
 def multilingual_config(cfg: MultilingualDemoConfig, paths: dict[str, str], swap_dir: Path):
-    from x2core.model.directory import training_overrides
     from x2core.train.config import TrainConfig
 
-    start = training_overrides(swap_dir)
+    # no model: the run builds the swapped directory's own architecture (XLM-R text
+    # encoder, its tokenizer and sizes), and its recorded new tensors get lr_mult
     return from_dict(TrainConfig, {
-        **start,
+        "init_from": str(Path(swap_dir).resolve()),
         "data": {"images": {"path": paths["images"], "kind": "image", "batch_size": cfg.batch_size,
                             "max_tokens": 24, "langs": list(cfg.langs), "crop_scale": [0.5, 1.0]}},
         "masking": {"mask_prob": 0.4, "max_masks": 10},

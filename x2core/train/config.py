@@ -64,16 +64,22 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.0
 
 
+DEFAULT_MODEL = "x2vlm-tiny"  # the model of a run that names none and starts from nothing
+
+
 @dataclass
 class RunConfig:
     """The fields every training run has; :class:`TrainConfig` (pretraining) and
     :class:`FinetuneConfig` extend it, and :mod:`x2core.train.runtime` reads them."""
 
-    model: str = "x2vlm-tiny"                      # a name from `x2vlm models`
+    # a name from `x2vlm models`; unset: init_from's own architecture, else DEFAULT_MODEL
+    model: Optional[str] = None
     model_overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
-    # weights to start from: pretraining a checkpoint or model directory, fine-tuning a
-    # pretraining or fine-tune checkpoint (.pt)
+    # weights to start from: a model directory, a run directory, a checkpoint or a
+    # checkpoints/latest pointer (x2core.model.artifact.resolve)
     init_from: Optional[str] = None
+    # init_from may leave core tensors at their initialisation (listed, not refused)
+    allow_partial: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_accum: int = 1
