@@ -39,7 +39,7 @@ from torch import nn
 
 from x2core.errors import CheckpointError, ConfigError, InputError
 from x2core.model.config import TextConfig
-from x2core.data.tokenizers import load_tokenizer
+from x2core.data.tokenizers import check_tokenizer_vocab, load_tokenizer, tokenizer_source
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,42 @@ def weight_files(directory: Path) -> list[Path]:
             return [directory / s for s in shards]
         return [f]
     return []
+
+
+def unreadable_weight_file(directory: Path) -> tuple[Path, str] | None:
+    """The first weight file of ``directory`` that does not open, with the reason on one
+    line; None when all open. Reads headers only (safetensors, zip ``.bin`` memory-mapped),
+    so a truncated or garbled file is named before transformers fails on it."""
+    import zipfile
+
+    try:
+        files = weight_files(directory)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged shard index
+        return next(directory / n for n in WEIGHT_FILES if (directory / n).is_file()), _first_line(exc)
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(f), framework="pt"):
+                    pass
+            else:  # only the zip format can be memory-mapped; the legacy one is read whole
+                torch.load(f, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(f))
+        except Exception as exc:  # noqa: BLE001 - any failure to open is the file's
+            return f, _first_line(exc)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """``"Type: first line"``; for torch's weights-only unpickler, its actual complaint
+    rather than the paragraph about ``weights_only`` that precedes it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error", 1)[1].strip(" :")
+            lines = [" ".join(["unpickling failed:", rest, *lines[i + 1:i + 2]]).replace("  ", " ")]
+            break
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def read_prefixed_weights(directory: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -175,7 +211,8 @@ class HFTextEncoder(nn.Module):
     positions_after_padding = False  # RoBERTa: position ids start at pad_token_id + 1
 
     def __init__(self, model: nn.Module, tokenizer: Any,
-                 mlm_weights: dict[str, torch.Tensor] | None = None):
+                 mlm_weights: dict[str, torch.Tensor] | None = None, *,
+                 tokenizer_source: str | None = None, pretrained: bool = False):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -188,7 +225,7 @@ class HFTextEncoder(nn.Module):
             tokenizer.model_max_length = self.max_tokens
         # Kept outside the state dict: only build_mlm_head reads them.
         self._mlm_weights = dict(mlm_weights or {})
-        self._check_tokenizer()
+        self._check_tokenizer(tokenizer_source, pretrained)
 
     # --- the TextEncoder protocol ---------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -285,6 +322,11 @@ class HFTextEncoder(nn.Module):
                 f"pick the matching 'text.name'")
         tokenizer = (cls._tokenizer_from(cfg.tokenizer, cfg, "text.tokenizer") if cfg.tokenizer
                      else cls._tokenizer_from(str(d), cfg, "text.pretrained"))
+        bad = unreadable_weight_file(d)
+        if bad is not None:
+            raise CheckpointError(f"config field 'text.pretrained': cannot read the weights file "
+                                  f"'{bad[0]}' ({bad[1]}); it is damaged or incomplete: save or "
+                                  f"copy it again")
 
         def load(attn: str):
             with quiet_transformers():
@@ -295,14 +337,15 @@ class HFTextEncoder(nn.Module):
         try:
             model, info = with_attn_fallback(load, cfg.options.get("attn_implementation"))
         except (OSError, RuntimeError) as exc:  # unreadable or shape-mismatched weights
-            raise CheckpointError(f"cannot load the weights in '{d}': {exc}") from exc
+            raise CheckpointError(f"cannot load the weights in '{d}': {_first_line(exc)}") from exc
         missing = sorted(info["missing_keys"])
         if missing:
             shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
             raise CheckpointError(f"'{d}' lacks {len(missing)} weights of a {cls.model_cls.__name__} "
                                   f"(e.g. {shown}); is it a {cls.family} checkpoint?")
         model.config.use_cache = False  # an encoder: no key/value cache
-        return cls(model, tokenizer, read_prefixed_weights(d, cls.mlm_prefix))
+        return cls(model, tokenizer, read_prefixed_weights(d, cls.mlm_prefix),
+                   tokenizer_source=tokenizer_source(cfg), pretrained=True)
 
     @classmethod
     def _from_sizes(cls, cfg: TextConfig) -> "HFTextEncoder":
@@ -325,19 +368,22 @@ class HFTextEncoder(nn.Module):
             config = cls.config_cls(**fields, attn_implementation=attn)
             return cls.model_cls(config, add_pooling_layer=False)
 
-        return cls(with_attn_fallback(build, cfg.options.get("attn_implementation")), tokenizer)
+        return cls(with_attn_fallback(build, cfg.options.get("attn_implementation")), tokenizer,
+                   tokenizer_source=tokenizer_source(cfg))
 
     # --- helpers -------------------------------------------------------------------------
-    def _check_tokenizer(self) -> None:
+    def _check_tokenizer(self, source: str | None, pretrained: bool) -> None:
+        """Special tokens present; the vocabulary fits the embedding table and is not
+        degenerate (:func:`~x2core.data.tokenizers.check_tokenizer_vocab`)."""
         tok = self.tokenizer
         missing = [name for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id")
                    if getattr(tok, name, None) is None]
         if missing:
             raise ConfigError(f"text encoder '{self.family}': the tokenizer has no "
                               f"{', '.join(n[:-3] for n in missing)}")
-        if len(tok) > self.vocab_size:
-            raise ConfigError(f"text encoder '{self.family}': the tokenizer has {len(tok)} tokens "
-                              f"but the model's embedding table only {self.vocab_size}")
+        name = getattr(tok, "name_or_path", "")
+        check_tokenizer_vocab(tok, self.vocab_size, pretrained=pretrained,
+                              source=source or (f"'{name}'" if name else f"of text encoder '{self.family}'"))
 
     def _load_mlm_weights(self, head: nn.Module) -> None:
         if not self._mlm_weights:

@@ -48,13 +48,6 @@ def write_json(path, obj) -> str:
     return os.fspath(path)
 
 
-def fake_mp4(payload: bytes = b"\x00" * 64) -> bytes:
-    """The first boxes of an MP4 ('ftyp' then 'mdat'); enough for the packer, not a player."""
-    ftyp = (24).to_bytes(4, "big") + b"ftypisom" + b"\x00\x00\x02\x00" + b"isomiso2"
-    mdat = (8 + len(payload)).to_bytes(4, "big") + b"mdat" + payload
-    return ftyp + mdat
-
-
 def image_folder(root, n=4, size=(64, 48)) -> list[str]:
     """``n`` JPEGs ``root/img{i}.jpg`` of distinct colours; returns the relative names."""
     names = []
@@ -62,3 +55,36 @@ def image_folder(root, n=4, size=(64, 48)) -> list[str]:
         write_jpeg(os.path.join(root, f"img{i}.jpg"), size, ((40 * i) % 256, 100, 50))
         names.append(f"img{i}.jpg")
     return names
+
+
+def colour(k: int) -> tuple[int, int, int]:
+    """Video frame k's flat colour: R counts frames, G the other way, B fixed (channel order)."""
+    return (8 + 15 * k, 247 - 15 * k, 128)
+
+
+def frame_array(k: int, size: int = 32):
+    import numpy as np
+
+    return np.broadcast_to(np.array(colour(k), np.uint8), (size, size, 3)).copy()
+
+
+def mp4_bytes(n: int, size: int = 32, fps: int = 8) -> bytes:
+    """A real H.264 (else MPEG-4) mp4 of ``n`` flat-colour frames (needs PyAV); ``n=0``
+    gives a container with a video stream and no frame."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        if s.codec_context.name == "libx264":
+            s.options = {"crf": "10", "preset": "veryfast"}
+        if n == 0:
+            c.start_encoding()  # write the header (ftyp + moov) of a video with no frame
+        for k in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(frame_array(k, size), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return buf.getvalue()

@@ -7,6 +7,8 @@ import textwrap
 
 import pytest
 
+from _finetune_runs import run_finetune, step_records
+
 from test_heads import stores  # noqa: F401  (session fixture)
 
 THIRD_PARTY = textwrap.dedent('''
@@ -204,33 +206,16 @@ def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path, grad_accum, ba
     checkpoint written after the second: every step's losses, the evaluation and the final
     weights equal the uninterrupted run's. With grad_accum=2 over 37 batches per epoch the
     odd batch is skipped, so no partial accumulation crosses the checkpoint."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import torch
 
     args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
             f"batch_size={batch_size}", f"grad_accum={grad_accum}", "epochs=3", "optim.lr=1e-3",
             "progress=false", "log_every=1", "eval_every_epoch=false"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", X2VLM_PLUGINS="x2vlm_test_hooks",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),
-                                           os.environ.get("PYTHONPATH", "")]))
-
     def run(name, *extra, **env_extra):
-        return subprocess.run([sys.executable, "-m", "x2core", "finetune", *args,
-                               f"output_dir={tmp_path / name}", *extra],
-                              env={**env, **env_extra}, capture_output=True, text=True, timeout=600)
+        return run_finetune(args, tmp_path / name, *extra, **env_extra)
 
     def records(name):
-        out = {}
-        for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            out.setdefault(rec["step"], {}).update(
-                {k: v for k, v in rec.items() if k.startswith(("train/", "eval/"))
-                 and not k.endswith("steps_per_s")})
-        return out
+        return step_records(tmp_path / name)
 
     full = run("full", X2VLM_TEST_DUMP_OPTIM_AT="every")
     assert full.returncode == 0, full.stderr[-3000:]

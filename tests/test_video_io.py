@@ -20,36 +20,11 @@ from x2core.data.packing import RecordError, pack
 from x2core.data.store import LmdbReader
 from x2core.data.video_decode import get_frame_sampler, load_video_frames, video_info
 
-from _data_files import write_jsonl
+from _data_files import colour, frame_array, mp4_bytes, write_jsonl
 
 av = pytest.importorskip("av")
-SIZE, FPS = 32, 8
+SIZE, FPS = 32, 8  # mp4_bytes' defaults
 TOL = 12        # H.264 / yuv420p on flat colours: a few levels; JPEG q95 likewise
-
-
-def colour(k: int) -> tuple[int, int, int]:
-    """Frame k's flat colour: R counts frames, G the other way, B fixed (channel order)."""
-    return (8 + 15 * k, 247 - 15 * k, 128)
-
-
-def frame_array(k: int, size: int = SIZE) -> np.ndarray:
-    return np.broadcast_to(np.array(colour(k), np.uint8), (size, size, 3)).copy()
-
-
-def mp4_bytes(n: int, size: int = SIZE, fps: int = FPS) -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as c:
-        s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        if s.codec_context.name == "libx264":
-            s.options = {"crf": "10", "preset": "veryfast"}
-        for k in range(n):
-            for p in s.encode(av.VideoFrame.from_ndarray(frame_array(k, size), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return buf.getvalue()
 
 
 def jpeg(k: int, size: int = SIZE) -> bytes:

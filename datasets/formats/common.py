@@ -18,7 +18,7 @@ import re
 from typing import Any, Iterator
 
 from x2core.errors import ConfigError, InputError
-from x2core.data.languages import normalize_lang  # noqa: F401  (the readers' name for it)
+from x2core.data.languages import lang_hint, normalize_lang
 from x2core.data.packing import RecordError
 
 from .images import BadImage, PackedImage, prepare_image
@@ -126,7 +126,8 @@ class FormatReader:
         self.max_side = int(max_side) if max_side else None
         lang_norm = normalize_lang(lang)
         if lang_norm is None:
-            raise ConfigError(f"language {lang!r} is not a language code (e.g. en, de, zh-cn)")
+            raise ConfigError(f"language {lang!r} is not an ISO 639 language code (e.g. en, "
+                              f"de, zh-cn){lang_hint(lang)}")
         self.lang = lang_norm
         self.file_langs = dict(options.pop("file_langs", None) or {})
         self._units: dict[str, str] = {}
@@ -220,8 +221,9 @@ class FormatReader:
                 norm = normalize_lang(key)
                 if norm is None:
                     raise self.error(file, index, f"{field}.{key}",
-                                     f"unknown language key {key!r} (expected a language "
-                                     f"code such as en, de, zh, zh-cn)")
+                                     f"unknown language key {key!r} (expected an ISO 639 "
+                                     f"code such as en, de, zh, zh-cn, pt-BR)"
+                                     f"{lang_hint(key)}")
                 out.setdefault(norm, []).extend(self._text_list(file, index, f"{field}.{key}", item))
             return out
         return {lang or self.lang: self._text_list(file, index, field, value)}

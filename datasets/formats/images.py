@@ -9,6 +9,8 @@ import dataclasses
 import io
 import warnings
 
+from x2core.data.decode_errors import decode_reason, describe_bytes
+
 JPEG_QUALITY = 90
 
 
@@ -53,7 +55,8 @@ def prepare_image(data: bytes, *, max_side: int | None = None) -> PackedImage:
                 im.draft("RGB", target)
             im.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadImage(f"corrupt or unreadable image: {exc}") from None
+        raise BadImage(f"corrupt or unreadable image ({describe_bytes(data)}): "
+                       f"{decode_reason(exc)}") from None
     if width < 1 or height < 1:
         raise BadImage(f"image has no pixels ({width}x{height})")
     if target is None:

@@ -10,19 +10,20 @@ nlvr2: ``{"images": [p0, p1], "sentence", "label": "True"/"False"/bool}`` -> ``i
 (two encoded images), ``image_sizes``, ``texts``, ``label`` 0/1.
 
 refcoco: ``{"image", "text", "ref_id"}`` with boxes from the REFER files (``--refs
-"refs(unc).p"`` and ``--instances instances.json``), or entries carrying ``"bbox": [x, y,
+"refs(unc).p"`` -- read with a restricted unpickler, data only -- and ``--instances
+instances.json``), or entries carrying ``"bbox": [x, y,
 w, h]`` themselves. Records: ``image, width, height, texts, ref_id, regions: [{bbox,
 texts}]`` (no regions when no box is known).
 """
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any
 
 from x2core.errors import InputError
 
 from .common import FormatReader, load_json_file
+from .safe_pickle import load_data_pickle
 
 
 class VqaReader(FormatReader):
@@ -106,14 +107,7 @@ class RefcocoReader(FormatReader):
             return
         refs_data = _load_refs(os.fspath(refs))
         inst = load_json_file(os.fspath(instances), "instances file")
-        try:
-            ann_boxes = {a["id"]: a["bbox"] for a in inst["annotations"]}
-            self.boxes = {r["ref_id"]: ann_boxes[r["ann_id"]] for r in refs_data
-                          if r.get("ann_id") in ann_boxes}
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"refcoco: {refs} / {instances} do not have the REFER layout "
-                             f"(refs with ref_id/ann_id, instances with annotations id/bbox): "
-                             f"missing {exc}") from None
+        self.boxes = _ref_boxes(refs_data, os.fspath(refs), inst, os.fspath(instances))
 
     def convert(self, file: str, index: int, raw: Any) -> dict:
         raw = self.as_dict(file, index, raw)
@@ -139,18 +133,40 @@ class RefcocoReader(FormatReader):
 
 
 def _load_refs(path: str) -> list:
-    """The REFER ``refs(unc).p`` pickle (written by Python 2; only open files you trust)."""
+    """The REFER ``refs(unc).p`` pickle (written by Python 2), read with a restricted
+    unpickler: lists, dicts, strings and numbers only, never code."""
     if not os.path.isfile(path):
         raise InputError(f"refs file not found: {path}")
-    try:
-        with open(path, "rb") as fh:
-            try:
-                data = pickle.load(fh)
-            except UnicodeDecodeError:
-                fh.seek(0)
-                data = pickle.load(fh, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise InputError(f"refs file {path}: not a readable pickle: {exc}") from None
+    data = load_data_pickle(path, "refs file")
     if not isinstance(data, list):
-        raise InputError(f"refs file {path}: expected a list of refs")
+        raise InputError(f"refs file {path}: expected a list of refs, got {type(data).__name__}")
     return data
+
+
+def _ref_boxes(refs: list, refs_path: str, inst: Any, inst_path: str) -> dict:
+    """``{ref_id: bbox}`` from the REFER refs (ref_id, ann_id) and instances (id, bbox);
+    a malformed entry is one line naming the file and the entry."""
+    anns = inst.get("annotations") if isinstance(inst, dict) else None
+    if not isinstance(anns, list):
+        raise InputError(f"instances file {inst_path}: expected an object with an "
+                         f"'annotations' list (the REFER instances.json)")
+    ann_boxes = {}
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict) or not isinstance(a.get("id"), (int, str)) or "bbox" not in a:
+            raise InputError(f"instances file {inst_path}: annotations[{i}]: expected an object "
+                             f"with 'id' and 'bbox', got {_short_repr(a)}")
+        ann_boxes[a["id"]] = a["bbox"]
+    boxes = {}
+    for i, r in enumerate(refs):
+        if not isinstance(r, dict) or not isinstance(r.get("ref_id"), (int, str)) \
+                or not isinstance(r.get("ann_id"), (int, str)):
+            raise InputError(f"refs file {refs_path}: entry [{i}]: expected a dict with "
+                             f"'ref_id' and 'ann_id', got {_short_repr(r)}")
+        if r["ann_id"] in ann_boxes:
+            boxes[r["ref_id"]] = ann_boxes[r["ann_id"]]
+    return boxes
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"

@@ -1,7 +1,9 @@
 """Video annotations: ``video-text`` (MSRVTT retrieval) and ``video-qa`` (MSRVTT/MSVD-QA).
 
-The video file is stored as it is, undecoded, in the record's ``video`` field (decoding
-and frame sampling happen at train time; this module never imports decord). It is
+The video file is stored as it is, in the record's ``video`` field (frame sampling
+happens at train time). It is decoded once here, first and last frame, with the
+decoder training uses (:func:`x2core.data.video_decode.check_video`, decord), so a
+truncated or frameless file is a bad record naming its entry. It is
 found under ``--images`` as the entry's ``video`` path, or ``<video_id>`` with the first
 of ``.mp4 .avi .webm .mkv .mov`` that exists (``video<id>.mp4`` for a numeric MSRVTT id).
 
@@ -30,7 +32,8 @@ import os
 import re
 from typing import Any
 
-from x2core.errors import InputError
+from x2core.data.video_decode import DecoderMissingError, VideoError, check_video
+from x2core.errors import ConfigError, InputError
 
 from .common import FormatReader, Group, GroupedEntries, load_json_file
 
@@ -82,10 +85,25 @@ class _VideoMixin:
             raise self.error(file, index, field, f"empty video file: {full}")
         if full.lower().endswith((".mp4", ".mov")) and data[4:8] not in _MP4_BRANDS:
             raise self.error(file, index, field, f"not an MP4 file (no 'ftyp' box): {full}")
+        # Decode it now (first and last frame), with the decoder training uses: a
+        # truncated or empty file stops here, naming its entry, not mid-epoch.
+        try:
+            check_video({"video": data})
+        except DecoderMissingError as exc:
+            raise ConfigError(f"{exc}; it is needed to check videos at pack time") from None
+        except VideoError as exc:
+            raise self.error(file, index, field, f"{exc.reason}: {full}") from None
         return data
 
-    def _frame(self, file, index, field, data: bytes, what: str) -> bytes:
-        return self.prepare(file, index, field, data, what).data
+    def _frame(self, file, index, field, data: bytes, what: str):
+        return self.prepare(file, index, field, data, what)
+
+    def _same_size(self, file, index, field, frames: list, where: str) -> list[bytes]:
+        """The frames' bytes; frames of different sizes cannot be stacked at train time."""
+        sizes = sorted({(f.width, f.height) for f in frames})
+        if len(sizes) > 1:
+            raise self.error(file, index, field, f"{where}: frames differ in size {sizes}")
+        return [f.data for f in frames]
 
     def load_frames_json(self, file, index, field: str, rel: str) -> list[bytes]:
         """The reference's one-JSON-per-video list of base64 frames."""
@@ -109,7 +127,7 @@ class _VideoMixin:
                 raise self.error(file, index, f"frames[{i}]",
                                  f"{full}: not valid base64: {exc}") from None
             out.append(self._frame(file, index, f"frames[{i}]", blob, full))
-        return out
+        return self._same_size(file, index, field, out, full)
 
     def load_frames_dir(self, file, index, field: str, rel: str) -> list[bytes]:
         """A directory of frame images, in file-name order."""
@@ -124,7 +142,7 @@ class _VideoMixin:
             full, blob = self.read_file(file, index, f"frames[{i}]", os.path.join(root, name),
                                         what="frame")
             out.append(self._frame(file, index, f"frames[{i}]", blob, full))
-        return out
+        return self._same_size(file, index, field, out, root)
 
 
 class VideoTextReader(GroupedEntries, _VideoMixin, FormatReader):

@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("x2core.cli.demo", "the synthetic end-to-end demo: data, pretraining, held-out evaluation"),
     "finetune": ("x2core.cli.finetune", "fine-tune a domain head and evaluate it (YAML recipe)"),
     "eval": ("x2core.cli.eval", "evaluate a fine-tuned head checkpoint on its eval stores"),
+    "export": ("x2core.cli.export", "write a model directory (config, weights, tokenizer, head) from a checkpoint or run"),
+    "predict": ("x2core.cli.predict", "run a trained model on image / video files: similarity, match, ground, caption, vqa, classify"),
     "convert": ("x2core.cli.convert", "convert an official X²-VLM / X-VLM checkpoint into a model directory"),
     "bench": ("x2core.cli.bench", "measure train-step samples/s, peak memory and MFU"),
     "swap-text": ("x2core.cli.swap_text", "swap an English model's text encoder for XLM-R (CCLM recipe)"),
@@ -105,6 +107,30 @@ def check_names(parser: argparse.ArgumentParser, argv: list[str]) -> None:
                            f"{did_you_mean(name, sub._option_string_actions)}\n")
 
 
+# torch re-raises an error of a DataLoader worker in the main process with the worker's
+# traceback as its message ("Caught InputError in DataLoader worker process 0.\nOriginal
+# Traceback ...\nx2core.errors.InputError: <message>"), as a RuntimeError when the class
+# cannot be built from one string (e.g. VideoError).
+_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def error_message(exc: BaseException) -> str | None:
+    """The one line to print for a framework error (an :class:`X2Error`, also one raised in a
+    DataLoader worker); None for anything else (a bug: its traceback is shown)."""
+    text = str(exc)
+    if _WORKER_ERROR.match(text):
+        name, _, message = text.rstrip().splitlines()[-1].partition(": ")
+        module, _, cls = name.rpartition(".")
+        try:
+            raised = getattr(importlib.import_module(module), cls) if module else None
+        except ImportError:
+            raised = None
+        if isinstance(raised, type) and issubclass(raised, X2Error) and message:
+            return message
+        return None
+    return text if isinstance(exc, X2Error) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -121,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except X2Error as exc:
-        if args.traceback:
+    except Exception as exc:
+        message = error_message(exc)
+        if message is None or args.traceback:
             raise
-        print(f"x2vlm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"x2vlm {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"x2vlm {args.command}: interrupted", file=sys.stderr)

@@ -16,6 +16,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue a stopped run from CKPT, or from the latest checkpoint in "
                              "output_dir (fine-tune checkpoints are written after every epoch)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: apply the fields where the config differs from the "
+                             "checkpoint's (listed); without it such a difference is an error")
     parser.add_argument("--print-config", action="store_true",
                         help="print the merged, validated config (model name and model_overrides "
                              "included) and exit")
@@ -47,16 +50,23 @@ def split_config_arg(args, task: str | None = None):
 
 
 def check_model_config(cfg) -> None:
-    """Build (not the network, only) the ModelConfig of ``cfg.model`` + ``cfg.model_overrides``,
-    so ``--print-config`` catches a mistyped model name or override field."""
+    """Build (not the network, only) the run's ModelConfig (``cfg.model`` or ``init_from``'s
+    stored architecture, plus ``cfg.model_overrides``), so ``--print-config`` catches a
+    mistyped model name or override field."""
     from x2core.errors import ConfigError, UnknownNameError, did_you_mean
-    from x2core.model.factory import MODEL_SPECS, model_config_for
+    from x2core.model.factory import list_models, model_config_for
+    from x2core.train.config import DEFAULT_MODEL
 
-    if cfg.model not in MODEL_SPECS:
-        raise UnknownNameError(f"config field 'model': unknown model '{cfg.model}'"
-                               f"{did_you_mean(cfg.model, MODEL_SPECS)} (`x2vlm models` lists them)")
+    if cfg.model is None and cfg.init_from:
+        from x2core.model.artifact import architecture, resolve
+        architecture(resolve(cfg.init_from), cfg.model_overrides)
+        return
+    name = cfg.model or DEFAULT_MODEL
+    if name not in list_models():
+        raise UnknownNameError(f"config field 'model': unknown model '{name}'"
+                               f"{did_you_mean(name, list_models())} (`x2vlm models` lists them)")
     try:
-        model_config_for(cfg.model, **cfg.model_overrides)
+        model_config_for(name, **cfg.model_overrides)
     except ConfigError as exc:
         raise ConfigError(f"model_overrides: {exc}") from None
 
@@ -76,7 +86,8 @@ def run(args) -> int:
         return 0
     from x2core.train.distributed import teardown
     try:
-        results = finetune(cfg, resume=resume)
+        results = finetune(cfg, resume=resume,
+                           resume_allow_config_change=getattr(args, "allow_config_change", False))
     except BaseException:
         teardown(failed=True)
         raise

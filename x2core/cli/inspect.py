@@ -8,9 +8,10 @@ import sys
 
 _EPILOG = """\
 Without --verify only the metadata and a few records are read (fast on any size).
---verify decodes every record and every image in it (PIL, full decode), checks
-the record fields (texts, boxes inside the stored image, NLVR2 pairs, video bytes)
-and lists the problems; the exit status is 1 when there are any.
+--verify decodes every record, every image (PIL, full decode) and every video
+(first and last mp4 frame with decord, every pre-extracted frame), checks the
+record fields (texts, boxes inside the stored image, NLVR2 pairs) and lists the
+problems; the exit status is 1 when there are any, or when the store is empty.
 
 examples:
   x2vlm inspect stores/coco_train
@@ -148,6 +149,10 @@ def verify(reader, *, progress: bool = False) -> tuple[list[str], int]:
 
     problems: list[str] = []
     n = len(reader)
+    if n == 0:
+        skipped = (reader.meta.get("skipped") or {}).get("count", 0)
+        return ["the store holds no records" + (f" (all {skipped} entries were skipped as bad "
+                                                  f"at pack time)" if skipped else "")], 0
     keys = reader.keys
     if len(keys) != n:
         problems.append(f"__keys__ lists {len(keys)} keys but the metadata says {n} records")
@@ -175,9 +180,25 @@ def _where(i: int, record) -> str:
     return f"record {i}"
 
 
+def _video_problems(record: dict) -> list[str]:
+    """The store's own video check (first and last mp4 frame, every JPEG frame)."""
+    from x2core.data.video_decode import VideoError, check_video
+    from x2core.errors import InputError
+
+    try:
+        check_video(record)
+    except VideoError as exc:
+        return [f"{exc.field}: {exc.reason}"]
+    except InputError as exc:  # decord missing: the video cannot be checked, say so
+        return [f"video: not checked: {exc}"]
+    return []
+
+
 def check_record(record) -> list[str]:
     """Problems of one decoded record (empty when it is fine)."""
     from PIL import Image
+
+    from x2core.data.decode_errors import decode_reason, describe_bytes
 
     if not isinstance(record, dict):
         return [f"not a record dict ({type(record).__name__})"]
@@ -189,7 +210,8 @@ def check_record(record) -> list[str]:
             im.load()
             return im.size
         except Exception as exc:  # noqa: BLE001
-            problems.append(f"{field}: image does not decode: {type(exc).__name__}: {exc}")
+            problems.append(f"{field}: image does not decode ({describe_bytes(data)}): "
+                            f"{decode_reason(exc)}")
             return None
 
     size = None
@@ -201,8 +223,8 @@ def check_record(record) -> list[str]:
     if "images" in record:
         for j, data in enumerate(record["images"]):
             decode_image(data, f"images[{j}]")
-    if "video" in record and not record["video"]:
-        problems.append("video: empty")
+    if "video" in record or "frames" in record:
+        problems.extend(_video_problems(record))
     groups = [("texts", record.get("texts"))]
     for j, region in enumerate(record.get("regions") or ()):
         groups.append((f"regions[{j}].texts", region.get("texts")))

@@ -14,7 +14,9 @@ A bad record (corrupt or missing image, box outside the image, empty caption,
 unknown language key, ...) stops the pack with one line naming the file, the line
 (JSON lines, file:LINE) or position (JSON lists, file[INDEX]) and the field; the
 records before it are kept. --skip-bad skips and counts such records instead
-(metadata "skipped" and DIR/pack_report.json).
+(metadata "skipped" and DIR/pack_report.json); it still refuses a pack in which
+every record is bad, or more than --max-bad-fraction of them. Videos are decoded
+(first and last frame) and images fully decoded at pack time.
 
 An interrupted pack (Ctrl-C, kill -9, a bad record) resumes where it stopped when
 the same command is run again; re-running a finished pack is a no-op.
@@ -51,7 +53,15 @@ def add_arguments(parser) -> None:
                         help="downsize images whose longest side exceeds N pixels (aspect kept, "
                              "JPEG quality 90); boxes are scaled with them")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="skip bad records, count them in the metadata and pack_report.json")
+                        help="skip bad records, count them in the metadata and pack_report.json "
+                             "(a pack in which every record is bad is refused)")
+    from x2core.data.packing import DEFAULT_MAX_BAD_FRACTION, MIN_ENTRIES_FOR_FRACTION
+    parser.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION,
+                        metavar="F",
+                        help=f"with --skip-bad: stop when more than this fraction of the entries "
+                             f"read is bad, checked from {MIN_ENTRIES_FOR_FRACTION} entries on "
+                             f"(default {DEFAULT_MAX_BAD_FRACTION}): then the file is in another "
+                             f"layout, or --images is wrong")
     parser.add_argument("--lang", default="en",
                         help="language of captions given without one (default: en)")
     parser.add_argument("--caption-key", default=None, metavar="KEY",
@@ -62,8 +72,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--answer-list", default=None, metavar="FILE",
                         help="vqa: answer_list.json; video-qa: ans2label JSON (stored in the metadata)")
     parser.add_argument("--refs", default=None, metavar="FILE",
-                        help="refcoco: the REFER refs pickle, e.g. 'refs(unc).p' (a pickle: "
-                             "only files you trust)")
+                        help="refcoco: the REFER refs pickle, e.g. 'refs(unc).p' (read as data "
+                             "only: a pickle naming any code is refused)")
     parser.add_argument("--instances", default=None, metavar="FILE",
                         help="refcoco: the REFER instances.json (boxes)")
     parser.add_argument("--commit-every", type=int, default=1000, metavar="N",
@@ -84,7 +94,7 @@ def run(args) -> int:
     report = pack(args.format, args.ann, args.images, args.out, skip_bad=args.skip_bad,
                   max_side=args.max_side, lang=args.lang, commit_every=args.commit_every,
                   progress=False if args.no_progress else None, overwrite=args.overwrite,
-                  **options)
+                  max_bad_fraction=args.max_bad_fraction, **options)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0

@@ -15,6 +15,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue from CKPT, or without a value from the latest checkpoint "
                              "in output_dir/checkpoints")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: apply the fields where the config differs from the "
+                             "checkpoint's (listed); without it such a difference is an error")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="end this process after N steps (the run can be resumed later)")
     parser.add_argument("--print-config", action="store_true",
@@ -39,7 +42,8 @@ def run(args) -> int:
     from x2core.train.pretrain import train
 
     try:
-        metrics = train(cfg, resume=args.resume, stop_after=args.stop_after)
+        metrics = train(cfg, resume=args.resume, stop_after=args.stop_after,
+                        resume_allow_config_change=args.allow_config_change)
     except BaseException:
         teardown(failed=True)
         raise

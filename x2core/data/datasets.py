@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 from typing import Mapping, Sequence
 
 import torch
@@ -26,10 +27,11 @@ from x2core.data.text import TextProcessor
 from x2core.data.transforms import (box_to_target, clip_box, decode_image, eval_image_transform, hflip,
                                     mentions_left_or_right, open_image, region_crop, resize,
                                     to_tensor_normalized, train_image_transform)
-from x2core.errors import ConfigError, InputError
+from x2core.data.decode_errors import decode_reason
+from x2core.errors import ConfigError, InputError, X2Error
 from x2core.model.boxes import boxes_to_patch_masks
 
-__all__ = ["ImageTextDataset", "RegionTextDataset", "sample_rng"]
+__all__ = ["ImageTextDataset", "RegionTextDataset", "record_texts", "sample_rng"]
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -52,21 +54,50 @@ def _open_store(store):
 
 
 class _RecordContext:
-    """Turns an error inside one record into one that names the store, index and field."""
+    """Turns an error inside one record into one that names the store, index and field.
+
+    ``field`` is the field being read now; the code reading a record sets it as it goes,
+    so that :meth:`guard` can name it when a malformed value (a string for image bytes,
+    a number for a caption list) fails deep inside PIL, torch or the tokenizer.
+    """
 
     def __init__(self, store, index: int, record: Mapping | None):
         self.where = f"{getattr(store, 'path', '<records>')}: record {index}"
-        src = (record or {}).get("source") if isinstance(record, Mapping) else None
+        self.field = "record"
+        src = record.get("source") if isinstance(record, Mapping) else None
         if isinstance(src, Mapping) and src.get("file") is not None:
             self.where += f" (from {src.get('file')}, entry {src.get('index')})"
 
     def error(self, field: str, message: str) -> InputError:
         return InputError(f"{self.where}, field '{field}': {message}")
 
+    @contextmanager
+    def guard(self, record):
+        """Check ``record`` is a map, then turn any non-framework error raised in the block
+        into one :class:`InputError` line naming the record and :attr:`field`."""
+        if not isinstance(record, Mapping):
+            raise InputError(f"{self.where}: expected a map of fields, got {type(record).__name__}")
+        try:
+            yield self
+        except X2Error:
+            raise
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed value, whatever library it trips
+            raise self.error(self.field, malformed_value(exc)) from exc
+
+
+def malformed_value(exc: BaseException) -> str:
+    """``"malformed value (TypeError: ...)"``: what a library raised on a record's value, on one line."""
+    return f"malformed value ({type(exc).__name__}: {decode_reason(exc)})"
+
 
 def _encode_text(text: TextProcessor, caption: str, rng: random.Random, ctx: _RecordContext,
                  field: str = "texts") -> dict:
     """Tokenise (and mask) a caption; a tokenizer error names the record and field."""
+    ctx.field = field
+    if not isinstance(caption, str):
+        raise ctx.error(field, f"a caption must be a string, got {type(caption).__name__}")
     try:
         return text(caption, rng=rng)
     except InputError as exc:
@@ -76,6 +107,7 @@ def _encode_text(text: TextProcessor, caption: str, rng: random.Random, ctx: _Re
 def _choose_caption(texts: Mapping | None, langs: Sequence[str] | None, rng: random.Random,
                     ctx: _RecordContext, field: str) -> str:
     """A random language among those wanted and present, then a random caption."""
+    ctx.field = field
     texts = texts or {}
     if not isinstance(texts, Mapping):
         raise ctx.error(field, f"expected {{lang: [captions]}}, got {type(texts).__name__}")
@@ -88,7 +120,20 @@ def _choose_caption(texts: Mapping | None, langs: Sequence[str] | None, rng: ran
     caps = texts[lang]
     if isinstance(caps, str):
         return caps
+    if not isinstance(caps, list):
+        raise ctx.error(f"{field}.{lang}", f"expected a list of captions, got {type(caps).__name__}")
     return caps[rng.randrange(len(caps))] if len(caps) > 1 else caps[0]
+
+
+def _image_bytes(rec: Mapping, ctx: _RecordContext):
+    """The record's encoded image; a missing or non-bytes value names the field."""
+    ctx.field = "image"
+    data = rec.get("image")
+    if data is None:
+        raise ctx.error("image", "the record has no image")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ctx.error("image", f"expected encoded image bytes, got {type(data).__name__}")
+    return data
 
 
 def _has_caption(texts: Mapping | None, langs: Sequence[str] | None) -> bool:
@@ -97,16 +142,21 @@ def _has_caption(texts: Mapping | None, langs: Sequence[str] | None) -> bool:
     return any(texts.get(lang) for lang in (langs or texts))
 
 
-def _all_texts(record: Mapping) -> list[str]:
+def record_texts(record: Mapping) -> list[str]:
+    """Every caption of a record, whole-image and region, in any language (values that
+    are not strings are skipped: reading the record reports those)."""
     out: list[str] = []
 
     def add(texts):
-        for caps in (texts or {}).values():
-            out.extend([caps] if isinstance(caps, str) else caps)
+        for caps in (texts.values() if isinstance(texts, Mapping) else ()):
+            out.extend(c for c in ([caps] if isinstance(caps, str) else caps
+                                   if isinstance(caps, list) else ()) if isinstance(c, str))
 
     add(record.get("texts"))
-    for reg in record.get("regions") or ():
-        add(reg.get("texts"))
+    regions = record.get("regions")
+    for reg in regions if isinstance(regions, list) else ():
+        if isinstance(reg, Mapping):
+            add(reg.get("texts"))
     return out
 
 
@@ -146,11 +196,13 @@ class ImageTextDataset(Dataset):
         epoch, index = _split_key(key)
         rec = self.store[index]
         ctx = _RecordContext(self.store, index, rec)
+        with ctx.guard(rec):
+            return self._item(rec, ctx, epoch, index)
+
+    def _item(self, rec: Mapping, ctx: _RecordContext, epoch: int, index: int) -> dict:
         rng = sample_rng(self.seed, epoch, index)
         caption = _choose_caption(rec.get("texts"), self.langs, rng, ctx, "texts")
-        data = rec.get("image")
-        if data is None:
-            raise ctx.error("image", "the record has no image")
+        data = _image_bytes(rec, ctx)
         try:
             if self.train:
                 image = train_image_transform(data, self.image_res, rng, scale=self.crop_scale,
@@ -220,6 +272,7 @@ class RegionTextDataset(Dataset):
 
     def _caption(self, region: Mapping, rng: random.Random, ctx: _RecordContext, field: str) -> str:
         caption = _choose_caption(region.get("texts"), self.langs, rng, ctx, field)
+        ctx.field = field.replace(".texts", ".attributes")
         attrs = region.get("attributes")
         if attrs:
             attr = attrs if isinstance(attrs, str) else attrs[rng.randrange(len(attrs))]
@@ -230,30 +283,41 @@ class RegionTextDataset(Dataset):
         epoch, index = _split_key(key)
         rec = self.store[index]
         ctx = _RecordContext(self.store, index, rec)
+        with ctx.guard(rec):
+            return self._item(rec, ctx, epoch, index)
+
+    def _item(self, rec: Mapping, ctx: _RecordContext, epoch: int, index: int) -> dict:
         rng = sample_rng(self.seed, epoch, index)
-        data = rec.get("image")
-        if data is None:
-            raise ctx.error("image", "the record has no image")
+        data = _image_bytes(rec, ctx)
         try:
             img = open_image(data)  # header only: the crop is chosen before decoding
         except InputError as exc:
             raise ctx.error("image", str(exc)) from exc
         W, H = img.size
+        ctx.field = "regions"
         regions = rec.get("regions") or []
+        if not isinstance(regions, list):
+            raise ctx.error("regions", f"expected a list of regions, got {type(regions).__name__}")
         boxes, usable = [], []
         for i, reg in enumerate(regions):
+            if not isinstance(reg, Mapping):
+                raise ctx.error(f"regions[{i}]", f"expected a map (bbox, texts), got {type(reg).__name__}")
+            ctx.field = f"regions[{i}].bbox"
             bbox = reg.get("bbox")
             if bbox is None or len(bbox) != 4:
                 raise ctx.error(f"regions[{i}].bbox", f"expected [x, y, w, h], got {bbox!r}")
             box = clip_box(bbox, W, H)
             boxes.append(box)
+            ctx.field = f"regions[{i}].texts"
             if box[2] > 0 and box[3] > 0 and _has_caption(reg.get("texts"), self.langs):
                 usable.append(i)
         if not usable:
             raise ctx.error("regions", f"no region with a non-empty box inside the {W}x{H} image "
                                        f"and a caption in {self.langs or 'any language'}")
         chosen = usable[rng.randrange(len(usable))]
-        allow_flip = self.train and not (self.careful_hflip and mentions_left_or_right(_all_texts(rec)))
+        ctx.field = "texts"
+        allow_flip = self.train and not (self.careful_hflip and mentions_left_or_right(record_texts(rec)))
+        ctx.field = "image"
         try:
             if self.crop:
                 image, kept, _ = region_crop(img, boxes, chosen, self.image_res, rng,
@@ -291,10 +355,12 @@ class RegionTextDataset(Dataset):
             row["is_image"] = 0
             picked.append(row)
             picked_boxes.append(kept[i])
+        ctx.field = "regions"
         if picked:
             masks = boxes_to_patch_masks(picked_boxes, self.image_res, self.patch_size)
             for row, mask in zip(picked, masks):
                 row["image_atts"] = mask
         rows.extend(picked)
+        ctx.field = "image"
         return {"image": to_tensor_normalized(image), "rows": rows, "idx": index,
                 "key": (self.seed, epoch, index)}

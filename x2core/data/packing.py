@@ -32,6 +32,12 @@ from x2core.errors import ConfigError, InputError, X2Error
 REPORT_FILE = "pack_report.json"
 # Skipped records listed by name in the metadata / report; the counts are always complete.
 MAX_LISTED_SKIPS = 1000
+# --skip-bad stops when more than this fraction of the entries read so far is bad (a
+# file in another layout, a wrong --images root), once MIN_ENTRIES_FOR_FRACTION are read.
+DEFAULT_MAX_BAD_FRACTION = 0.1
+MIN_ENTRIES_FOR_FRACTION = 50
+# Reasons quoted in the "too many bad records" message.
+QUOTED_REASONS = 3
 
 
 class RecordError(InputError):
@@ -82,9 +88,10 @@ def split_ann_spec(spec: str) -> tuple[str | None, str]:
     """``"de=path/test.jsonl"`` -> ``("de", "path/test.jsonl")``; a plain path -> ``(None, path)``.
 
     The language prefix is recognised only when the whole string is not an existing
-    file and the prefix looks like a language code.
+    file and the prefix is shaped like a language code; an unknown code there
+    (``xyz=test.jsonl``) is an error, not a file name.
     """
-    from x2core.data.languages import normalize_lang
+    from x2core.data.languages import lang_hint, looks_like_lang, normalize_lang
 
     spec = os.fspath(spec)
     if "=" in spec and not os.path.exists(spec):
@@ -92,24 +99,31 @@ def split_ann_spec(spec: str) -> tuple[str | None, str]:
         lang = normalize_lang(head)
         if lang is not None and tail:
             return lang, tail
+        if tail and looks_like_lang(head) and os.path.exists(tail):
+            raise ConfigError(f"'{head}' in '{spec}' is not an ISO 639 language code "
+                              f"(e.g. en, de, zh-cn){lang_hint(head)}")
     return None, spec
 
 
 def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, out_dir: str, *,
          skip_bad: bool = False, max_side: int | None = None, lang: str = "en",
          commit_every: int = 1000, map_size: int = 1 << 30, progress: bool | None = None,
-         overwrite: bool = False, **format_args: Any) -> dict:
+         overwrite: bool = False, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+         **format_args: Any) -> dict:
     """Pack annotations into the store ``out_dir`` and return a report dict.
 
     ``ann_files`` are paths, or ``LANG=PATH`` for formats that take a language per
     file (``multilingual``). Fails on the first bad record (``file:line field: reason``)
     unless ``skip_bad``, which skips and counts them (metadata ``skipped`` and
-    ``pack_report.json``). Re-running the same command after an interruption resumes;
+    ``pack_report.json``) -- but refuses a store in which every entry was bad, and stops
+    once more than ``max_bad_fraction`` of the entries read are bad (checked from
+    ``MIN_ENTRIES_FOR_FRACTION`` entries on): that is a file in another layout, not a
+    few bad records. Re-running the same command after an interruption resumes;
     re-running it on a finished store is a no-op returning the stored report; other
     arguments on an existing store are an error unless ``overwrite``.
     ``progress=None`` shows a bar only when stderr is a terminal.
     """
-    from x2core.data.languages import normalize_lang
+    from x2core.data.languages import lang_hint, normalize_lang
 
     from x2core.plugin_manager import registry
     from x2core.data.store import LmdbWriter, remove_store
@@ -130,9 +144,12 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
         raise ConfigError(f"--max-side must be at least 16 pixels, got {max_side}")
     if int(commit_every) < 1:
         raise ConfigError(f"--commit-every must be at least 1, got {commit_every}")
+    if not 0.0 <= float(max_bad_fraction) <= 1.0:
+        raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {max_bad_fraction}")
     norm = normalize_lang(lang)
     if norm is None:
-        raise ConfigError(f"--lang {lang!r} is not a language code (expected e.g. en, de, zh-cn)")
+        raise ConfigError(f"--lang {lang!r} is not an ISO 639 language code (expected e.g. en, "
+                          f"de, zh-cn){lang_hint(lang)}")
     lang = norm
     format_args = {k: (os.path.abspath(v) if isinstance(v, os.PathLike) else v)
                    for k, v in format_args.items() if v is not None}
@@ -168,7 +185,9 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
     with writer:
         if writer.finished:
             writer.close()
-            return _already_packed(out_dir, identity)
+            report = _already_packed(out_dir, identity)
+            _restore_report(out_dir, report)
+            return report
         state = writer.state
         if state:
             _check_same_pack(out_dir, state["identity"], identity)
@@ -188,7 +207,9 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
                 try:
                     try:
                         record = reader.convert(file, index, raw)
-                    except RecordError:
+                    except (RecordError, ConfigError):
+                        # ConfigError: the setup is wrong (a missing decoder...), not this
+                        # entry; it must stop the pack even with --skip-bad.
                         raise
                     except _MALFORMED as exc:
                         unit = getattr(reader, "unit", lambda f: "entry")(file)
@@ -204,6 +225,8 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
                         raise
                     _note_skip(state, exc)
                     state["position"] += 1
+                    _check_bad_fraction(state, float(max_bad_fraction), format_name, reg,
+                                        writer)
                 else:
                     # position advances before append: append may commit, and the
                     # committed state must count this entry with its record.
@@ -215,6 +238,10 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
         finally:
             bar.close()
 
+        if state["skipped_count"] and writer.count == 0:
+            writer.close()
+            remove_store(out_dir)  # nothing in it; a re-run in the right format starts clean
+            raise InputError(_too_bad_message(state, format_name, reg, "every entry was bad"))
         skipped = {"count": state["skipped_count"], "by_field": state["skipped_by_field"],
                    "records": state["skipped"]}
         meta = {
@@ -249,6 +276,28 @@ def _stored_identity(writer) -> dict | None:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+def _check_bad_fraction(state: dict, limit: float, format_name: str, reg, writer) -> None:
+    """Stop a --skip-bad pack whose bad fraction passes ``limit`` (after enough entries)."""
+    read, bad = state["position"], state["skipped_count"]
+    if read < MIN_ENTRIES_FOR_FRACTION or bad <= limit * read:
+        return
+    writer.commit()  # a clean point: the same command with a higher limit resumes here
+    raise InputError(_too_bad_message(
+        state, format_name, reg,
+        f"{bad} of the first {read} entries were bad, more than --max-bad-fraction {limit:g}"))
+
+
+def _too_bad_message(state: dict, format_name: str, reg, what: str) -> str:
+    files = sorted({s["file"] for s in state["skipped"]})
+    reasons = "; ".join(
+        f"{s['file']}:{s['line']}: {s['field']}: {s['message']}" if "line" in s
+        else f"{s['file']}[{s['index']}]: {s['field']}: {s['message']}"
+        for s in state["skipped"][:QUOTED_REASONS])
+    layout = f" ({reg.description})" if getattr(reg, "description", None) else ""
+    return (f"--skip-bad: {what}; is {', '.join(files)} in the '{format_name}' layout{layout}? "
+            f"first reasons: {reasons}")
+
 
 def _note_skip(state: dict, exc: RecordError) -> None:
     state["skipped_count"] += 1
@@ -295,6 +344,18 @@ def _report(out_dir: str, meta: dict, *, resumed_from: int, seconds: float) -> d
         "skipped": meta.get("skipped", {"count": 0, "by_field": {}, "records": []}),
         "seconds": round(seconds, 3),
     }
+
+
+def _restore_report(out_dir: str, report: dict) -> None:
+    """Rewrite a missing or unreadable ``pack_report.json`` from the store's metadata: a
+    kill between the final commit and the report leaves a finished store without one."""
+    try:
+        with open(os.path.join(out_dir, REPORT_FILE), encoding="utf-8") as fh:
+            if isinstance(json.load(fh), dict):
+                return
+    except (OSError, ValueError):
+        pass
+    _write_report(out_dir, {**report, "report_rewritten": True})
 
 
 def _write_report(out_dir: str, report: dict) -> None:

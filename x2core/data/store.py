@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import msgpack
 
-from x2core.errors import X2Error
+from x2core.errors import InputError, X2Error
 
 SCHEMA_VERSION = 1
 META_KEY = b"__meta__"
@@ -78,9 +78,23 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def decode(buf) -> Any:
-    # strict_map_key=False: record dicts may use int keys (e.g. answer ids).
-    return msgpack.unpackb(buf, raw=False, strict_map_key=False)
+def decode(buf, record: str | None = None) -> Any:
+    """msgpack bytes -> value. ``record`` (e.g. ``"STORE: record 3 (key 0000000003)"``): the
+    bytes are a record, which must decode to a map; otherwise an :class:`InputError` names it
+    (damaged bytes would else surface as msgpack's bare FormatError deep in a data worker)."""
+    try:
+        # strict_map_key=False: record dicts may use int keys (e.g. answer ids).
+        obj = msgpack.unpackb(buf, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:  # FormatError, StackError, truncation
+        if record is None:
+            raise
+        reason = type(exc).__name__ + (": " + " ".join(str(exc).split()) if str(exc) else "")
+        raise InputError(f"{record}: the stored bytes are not a msgpack record ({len(buf)} bytes, "
+                         f"{reason}); the store is damaged, re-pack it") from None
+    if record is not None and not isinstance(obj, dict):
+        raise InputError(f"{record}: expected a map of fields, got a msgpack "
+                         f"{type(obj).__name__}; the store is damaged, re-pack it")
+    return obj
 
 
 def count_texts(record: dict, counts: dict[str, int]) -> None:
@@ -284,16 +298,26 @@ def _exclusive_lock(path: str) -> int:
 # --- reader ----------------------------------------------------------------------------
 
 # One environment per store per process: py-lmdb refuses to open the same
-# environment twice in a process, and readers of one split can share it.
-_ENVS: dict[str, Any] = {}
+# environment twice in a process, and readers of one split can share it. An entry is
+# keyed by the store's real path and remembers which data.mdb it opened (device,
+# inode, mtime, size): a store re-packed by another process (``--overwrite`` deletes
+# and rewrites data.mdb) is a new file, and a reader opened after that must not be
+# handed the old file's memory map.
+_ENVS: dict[str, tuple[tuple, Any]] = {}
 _ENVS_PID: int | None = None
 
 
+def _data_file_identity(path: str) -> tuple:
+    st = os.stat(os.path.join(path, "data.mdb"))
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _shared_env(path: str, max_readers: int):
-    """The process's read-only handle on ``path``, opened on first use.
+    """The process's read-only handle on the store at ``path`` as it is on disk now.
 
     After a fork the inherited handles are forgotten, not closed: LMDB handles must not
-    be used across fork, and closing them is the parent's business.
+    be used across fork, and closing them is the parent's business. A cached handle on
+    a data.mdb that has since been replaced is closed and the new file opened.
     """
     global _ENVS_PID
     pid = os.getpid()
@@ -301,20 +325,42 @@ def _shared_env(path: str, max_readers: int):
         _ENVS.clear()
         _ENVS_PID = pid
     key = os.path.realpath(path)
-    env = _ENVS.get(key)
-    if env is None:
-        env = _lmdb().open(path, readonly=True, lock=False, readahead=False, subdir=True,
-                           max_readers=max_readers, max_dbs=0)
-        _ENVS[key] = env
+    identity = _data_file_identity(path)
+    cached = _ENVS.get(key)
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    if cached is not None:
+        # Readers of it notice the replaced entry and reopen (see LmdbReader._open).
+        _ENVS.pop(key)[1].close()
+    env = _lmdb().open(path, readonly=True, lock=False, readahead=False, subdir=True,
+                       max_readers=max_readers, max_dbs=0)
+    _ENVS[key] = (identity, env)
     return env
+
+
+def _env_identity(path: str) -> tuple | None:
+    """The data.mdb identity of this process's cached handle on ``path``."""
+    cached = _ENVS.get(os.path.realpath(path))
+    return cached[0] if cached is not None else None
+
+
+def _cached_env(key: str, identity: tuple | None):
+    """The cached handle for the real path ``key`` in this process if it is still the one
+    on the data.mdb ``identity``, else None. Readers keep the identity, not the handle: a
+    handle referenced by a reader would outlive the cache across a fork, and py-lmdb
+    refuses to open an environment that is still open in the process."""
+    if _ENVS_PID != os.getpid():
+        return None
+    cached = _ENVS.get(key)
+    return cached[1] if cached is not None and cached[0] == identity else None
 
 
 def release(path: str | os.PathLike) -> None:
     """Close this process's cached read handle on ``path`` (readers reopen on next use)."""
     if _ENVS_PID == os.getpid():
-        env = _ENVS.pop(os.path.realpath(os.fspath(path)), None)
-        if env is not None:
-            env.close()
+        cached = _ENVS.pop(os.path.realpath(os.fspath(path)), None)
+        if cached is not None:
+            cached[1].close()
 
 
 class LmdbReader:
@@ -323,13 +369,17 @@ class LmdbReader:
     The environment opens lazily on first access in each process (a fork is detected
     by pid and the handle reopened), and pickling keeps only the path, so fork and
     spawn workers each open their own read-only handle. Readers of the same path in
-    one process share a handle.
+    one process share a handle. Opening a reader checks which data.mdb is on disk: after
+    another process re-packed the store, a new reader (and, from then on, every reader
+    of that path in this process) reads the new store, metadata included.
     """
 
     def __init__(self, path: str | os.PathLike, *, max_readers: int = 1024):
         self.path = os.fspath(path)
         self.max_readers = max_readers
         self._pid: int | None = None
+        self._ident: tuple | None = None  # which data.mdb this reader's metadata is of
+        self._key = os.path.realpath(self.path)
         self._meta: dict | None = None
         self._keys: list[bytes] | None = None
         self._len = 0
@@ -337,7 +387,10 @@ class LmdbReader:
 
     def _open(self):
         if self._pid == os.getpid():
-            return _shared_env(self.path, self.max_readers)
+            env = _cached_env(self._key, self._ident)
+            if env is not None:
+                return env
+        # first use in this process, or the shared handle was released or replaced
         if not os.path.exists(self.path):
             raise StoreNotFoundError(f"no store at {self.path}: the path does not exist "
                                      f"(create one with `x2vlm pack`)")
@@ -365,7 +418,7 @@ class LmdbReader:
                 f"{self.path} has store schema version {version!r}; this x2vlm reads "
                 f"version {SCHEMA_VERSION}. Re-pack it with this version's `x2vlm pack`.")
         self._pid, self._meta, self._len = os.getpid(), meta, int(meta["count"])
-        self._keys = None
+        self._ident, self._keys = _env_identity(self.path), None
         return env
 
     # -- access --------------------------------------------------------------------------
@@ -400,7 +453,7 @@ class LmdbReader:
             buf = txn.get(record_key(i))
             if buf is None:
                 raise NotAStoreError(f"{self.path}: record {i} is missing; the store is damaged")
-            return decode(buf)
+            return decode(buf, f"{self.path}: record {i} (key {record_key(i).decode()})")
 
     def get_raw(self, index: int) -> bytes:
         """The encoded bytes of record ``index`` (for benchmarks and copying)."""
@@ -423,7 +476,7 @@ class LmdbReader:
     def close(self) -> None:
         """Close this process's handle on the store (shared with other readers of it)."""
         release(self.path)
-        self._pid = None
+        self._pid, self._ident = None, None
 
     # -- pickling: only the path travels --------------------------------------------------
     def __getstate__(self) -> dict:
@@ -432,7 +485,8 @@ class LmdbReader:
     def __setstate__(self, state: dict) -> None:
         self.path = state["path"]
         self.max_readers = state.get("max_readers", 1024)
-        self._pid, self._meta, self._keys, self._len = None, None, None, 0
+        self._key = os.path.realpath(self.path)
+        self._pid, self._ident, self._meta, self._keys, self._len = None, None, None, None, 0
 
     def __repr__(self) -> str:
         return f"LmdbReader({self.path!r})"

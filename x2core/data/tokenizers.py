@@ -254,3 +254,63 @@ def load_tokenizer(path: str | os.PathLike, *, lowercase: bool = True,
         return sentencepiece_tokenizer(p, **max_len)
     raise ConfigError(f"{what}: cannot tell the tokenizer type of '{p}' (expected a WordPiece "
                       f"vocab.txt, a SentencePiece *.model file or a tokenizer directory)")
+
+
+# --- sanity checks ------------------------------------------------------------------
+# A tokenizer that silently maps most words to [UNK] still trains: the MLM loss falls to
+# ~0 (predicting [UNK] is easy) and nothing else looks wrong. transformers 5's
+# ``BertTokenizerFast(vocab_file=...)`` is one way to get one: it ignores the file and
+# keeps only the 5 special tokens.
+
+MAX_UNK_RATE = 0.5  # more [UNK] pieces than this in the probed texts is an error
+_FIX = ("build the vocabulary with x2core.data.tokenizers.build_wordpiece_vocab or give the "
+        "tokenizer directory")
+
+
+def tokenizer_source(text_cfg) -> str:
+    """Where a text config's tokenizer comes from, for messages: ``'PATH'`` or the built-in."""
+    path = getattr(text_cfg, "tokenizer", None) or getattr(text_cfg, "pretrained", None)
+    return f"'{path}'" if path else f"(the built-in vocabulary of '{getattr(text_cfg, 'name', '?')}')"
+
+
+def check_tokenizer_vocab(tokenizer, embedding_rows: int, *, source: str,
+                          pretrained: bool) -> None:
+    """Refuse a tokenizer that cannot fit, or cannot be the one of, the embedding table.
+
+    * more tokens than ``embedding_rows``: ids past the table;
+    * no token but the special ones: every word is ``[UNK]``;
+    * ``pretrained`` and fewer than half the table's rows: a warning, not an error (a
+      deliberate new vocabulary over pretrained layers is possible): the checkpoint's
+      embeddings most likely belong to another vocabulary, so each id would read the row
+      of another word.
+    """
+    n = len(tokenizer)
+    if n > embedding_rows:
+        raise ConfigError(f"tokenizer {source} has {n} tokens but the embedding table only "
+                          f"{embedding_rows} rows")
+    specials = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+    if not set(tokenizer.get_vocab()) - specials:
+        raise ConfigError(f"tokenizer {source} holds only its {n} special tokens, so every word "
+                          f"becomes {tokenizer.unk_token}; {_FIX}")
+    if pretrained and n < embedding_rows / 2:
+        import warnings
+
+        warnings.warn(f"tokenizer {source} has {n} tokens but the pretrained embedding table "
+                      f"{embedding_rows} rows: unless the vocabulary is new on purpose, use the "
+                      f"checkpoint's own tokenizer (the one saved with the weights)", stacklevel=2)
+
+
+def check_unk_rate(tokenizer, token_ids: Sequence[Sequence[int]], *, source: str, where: str,
+                   max_rate: float = MAX_UNK_RATE) -> float:
+    """The ``[UNK]`` share of ``token_ids`` (the probed texts' pieces, no special tokens);
+    above ``max_rate`` a one-line :class:`ConfigError` names the tokenizer and the rate."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    total = sum(len(ids) for ids in token_ids)
+    if unk is None or not total:
+        return 0.0
+    rate = sum(i == unk for ids in token_ids for i in ids) / total
+    if rate > max_rate:
+        raise ConfigError(f"tokenizer {source}: {rate:.0%} of the {total} tokens of {where} are "
+                          f"{tokenizer.unk_token}, so the model would learn from almost no text; "
+                          f"{_FIX}")
+    return rate

@@ -36,6 +36,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from x2core.data.decode_errors import decode_reason, describe_bytes
 from x2core.errors import InputError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -71,8 +72,8 @@ def open_image(data: bytes) -> Image.Image:
 
 
 def _decode_message(data, exc: BaseException) -> str:
-    head = bytes(data[:8])
-    return f"cannot decode image ({len(data)} bytes, starting {head!r}): {exc}"
+    # Say what the bytes are (text, a PDF...); PIL's own message names only the buffer.
+    return f"cannot decode image ({describe_bytes(data)}): {decode_reason(exc)}"
 
 
 def _load_rgb(img: Image.Image, data) -> Image.Image:

@@ -145,8 +145,13 @@ class VideoTextDataset(Dataset):
         epoch, index = _split_key(key)
         rec = self.store[index]
         ctx = _RecordContext(self.store, index, rec)
+        with ctx.guard(rec):
+            return self._item(rec, ctx, epoch, index)
+
+    def _item(self, rec: Mapping, ctx: _RecordContext, epoch: int, index: int) -> dict:
         rng = sample_rng(self.seed, epoch, index, salt="video")
         caption = _choose_caption(rec.get("texts"), self.langs, rng, ctx, "texts")
+        ctx.field = "video" if "video" in rec else "frames"
         video = load_video_tensor(rec, num_frames=self.num_frames, sampler=self.sampler,
                                   image_res=self.image_res, train=self.train, rng=rng,
                                   where=ctx.where, crop_scale=self.crop_scale)

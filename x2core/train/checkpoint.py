@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from x2core.errors import CheckpointError
-from x2core.utils.atomic import atomic_write
+from x2core.utils.atomic import atomic_write, remove_temporaries
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -31,6 +31,13 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, payload: dict, keep_
     for old in list_checkpoints(ckpt_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temporaries(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Delete the half-written ``.step_*.pt.*.tmp`` / ``.latest.*.tmp`` files that a run
+    killed while saving left in ``ckpt_dir`` (complete checkpoints are never touched).
+    Runs call it once at their start, on rank 0, before anything saves."""
+    return remove_temporaries(ckpt_dir, rf"{_NAME.pattern[1:-1]}|latest")
 
 
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
@@ -83,9 +90,16 @@ def check_state_compatible(model_state: dict, ckpt_state: dict, *, source: str =
 
 def find_resume_checkpoint(resume: "str | os.PathLike | bool", ckpt_dir: "str | os.PathLike") -> Path:
     """``--resume`` (True: the latest in ``ckpt_dir``; else a path) -> the checkpoint to load."""
-    path = latest_checkpoint(ckpt_dir) if resume is True else Path(resume)
+    if resume is True:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir}")
+        return path
+    from x2core.model.artifact import checkpoint_file  # a run dir, latest pointer or .pt
+    path = checkpoint_file(resume)
     if path is None:
-        raise CheckpointError(f"--resume: no checkpoint in {ckpt_dir}")
+        raise CheckpointError(f"--resume: '{resume}' is a model directory; a run resumes from "
+                              "its checkpoint (use init_from= to start a new run from it)")
     return path
 
 

@@ -28,6 +28,7 @@ generator's state under ``loader``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -36,13 +37,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from x2core.config import from_dict, to_dict
-from x2core.errors import CheckpointError, ConfigError, X2Error
+from x2core.config import to_dict
+from x2core.errors import CheckpointError, ConfigError
 from x2core.utils.atomic import atomic_write
 from x2core.utils.device import autocast_for, move_to
+from x2core.train import checkpoint as ckpt
 from x2core.train import runtime
 from x2core.train.config import FinetuneConfig, load_finetune_config
-from x2core.train.heads import EvalResult, HeadData, check_store_fields, options_dict
+from x2core.train.heads import (EvalResult, HeadData, build_head, check_store_fields,  # noqa: F401
+                               head_own_state, head_vocabularies, options_dict)
 from x2core.train.runtime import TrainState, pick_device, seed_everything
 
 # The config lives with the pretraining one (x2core.train.config); importable here too.
@@ -52,17 +55,6 @@ __all__ = ["FinetuneConfig", "build_head", "evaluate", "finetune", "load_finetun
 
 # --- building ----------------------------------------------------------------------------
 
-def build_head(name: str, model: nn.Module, options: dict, *, plugin_manager=None):
-    from x2core.plugin_manager import get_plugin_manager
-    pm = plugin_manager or get_plugin_manager()
-    head = pm.registry("heads").build(name, model, dict(options or {}))
-    if not isinstance(head, nn.Module) or getattr(head, "model", None) is not model:
-        raise X2Error(f"head plugin '{name}' must build an nn.Module keeping the core model "
-                      f"as .model (see x2core.train.heads)")
-    head.name = getattr(head, "name", name) or name
-    return head
-
-
 def split_state(state: dict) -> tuple[dict, dict]:
     """(core state dict, head-only state dict) of a head's state dict (the head holds the
     core as ``.model``: its keys are ``model.*``)."""
@@ -71,14 +63,6 @@ def split_state(state: dict) -> tuple[dict, dict]:
         (core if k.startswith("model.") else own)[k[6:] if k.startswith("model.") else k] = \
             v.detach().cpu()
     return core, own
-
-
-def _load_core(model: nn.Module, state: dict, source: str) -> set[str]:
-    from x2core.model.loading import compare_state
-    own = model.state_dict()
-    compare_state(own, state, source=source).raise_for_problems(missing=False, unexpected=False)
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return {k for k in own if k not in state}
 
 
 class _GroupView:
@@ -101,16 +85,18 @@ def _open_store(path: str):
 
 # --- fine-tuning -----------------------------------------------------------------------------
 
-def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | None = None) -> dict:
+def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | None = None,
+             resume_allow_config_change: bool = False) -> dict:
     """Fine-tune ``cfg.head`` and evaluate; returns ``{"train": last metrics, split: metrics}``.
 
     ``resume``: a checkpoint of this run (or True for the latest in ``output_dir``); the
     run continues after the epoch it ends with, exactly as if it had not stopped (weights,
-    optimizer, schedule, every rank's RNG and the shuffle order are restored).
+    optimizer, schedule, every rank's RNG, the shuffle order and the data's per-sample
+    draws are restored). A run-changing field where ``cfg`` differs from the checkpoint's
+    config is a ConfigError unless ``resume_allow_config_change`` (then it applies and is
+    listed; :mod:`x2core.train.resume_config`).
     """
-    from x2core.model.factory import build_model, model_config_for
     from x2core.plugin_manager import get_plugin_manager
-    from x2core.train import checkpoint as ckpt
     from x2core.train.logging import MetricsLogger
     from x2core.train.optim import build_optimizer, build_scheduler
 
@@ -121,24 +107,23 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
     out_dir = Path(cfg.output_dir)
     if info.is_main:
         runtime.write_run_config(out_dir, cfg)
+        ckpt.remove_stale_temporaries(out_dir / "checkpoints")  # saves a killed run left unfinished
 
     # 1. the core model, its starting weights, then the head built on top of them
-    model = build_model(model_config_for(cfg.model, **cfg.model_overrides), plugin_manager=pm)
-    init_payload, new_core = None, set()
-    if cfg.init_from:
-        init_payload = ckpt.load_checkpoint(cfg.init_from)
-        new_core = _load_core(model, init_payload.get("model", init_payload), cfg.init_from)
-    same_head = init_payload is not None and init_payload.get("head_name") == cfg.head
-    # continuing a fine-tune of the same head: its saved options (e.g. the answer-list size)
-    # shape the modules; the config's options override them
-    options = {**init_payload.get("head_options", {}), **cfg.head_options} if same_head \
-        else cfg.head_options
-    head = build_head(cfg.head, model, options, plugin_manager=pm)
+    model, init, init_report = runtime.build_run_model(cfg, plugin_manager=pm,
+                                                       announce=info.is_main)
+    new_core = set(init_report.untrained) if init_report is not None else set()
+    same_head = init is not None and init.head is not None and init.head.name == cfg.head
     head_state_loaded: set[str] = set()
-    if same_head and "head" in init_payload:
-        head.load_state_dict({f"model.{k}": v for k, v in model.state_dict().items()}
-                             | dict(init_payload["head"]), strict=False)
-        head_state_loaded = set(init_payload["head"])
+    if same_head:
+        # continuing a fine-tune of the same head: its saved options (e.g. the answer-list
+        # size) shape the modules, its vocabularies and weights load; the config's options win
+        from x2core.model.artifact import build_head_from
+        head = build_head_from(init.head, model, plugin_manager=pm, source=init.source,
+                               options=cfg.head_options)
+        head_state_loaded = set(init.head.state)
+    else:
+        head = build_head(cfg.head, model, cfg.head_options, plugin_manager=pm)
     head.to(device)
 
     # 2. data: check the fields the head needs, then the loader
@@ -198,11 +183,14 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
     stepper = runtime.Stepper(state, wrapped, core=model)
     start_epoch = 0
     if resume:
-        start_epoch = _restore(state, cfg, resume, loader_generator=g)
+        start_epoch = _restore(state, cfg, resume, loader_generator=g,
+                               allow_change=resume_allow_config_change)
     pm.hook.x2vlm_train_start(state=state)
     if resume and start_epoch >= epochs and info.is_main:
-        print(f"x2vlm finetune: nothing to resume, the checkpoint has finished {start_epoch} of "
-              f"{epochs} epochs (raise epochs= to train on)")
+        done = (f"{state.step} of {total} steps; raise steps=" if cfg.steps is not None else
+                f"{start_epoch} of {epochs} epochs ({state.step} steps); raise epochs=")
+        print(f"x2vlm finetune: run {out_dir} already finished {done} (with "
+              "--allow-config-change) to train on")
 
     # 4. the loop
     results: dict[str, Any] = {}
@@ -220,6 +208,9 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
         head.train()
         if sampler is not None:
             sampler.set_epoch(epoch)  # a different shuffle every epoch, agreed by all ranks
+        # and fresh per-sample draws (crops, captions): set before iter(loader), which
+        # pickles the dataset into the workers (not persistent: they restart every epoch)
+        _set_data_epoch(loader.dataset, epoch, cfg.seed)
         micro = 0
         for batch in loader:
             micro += 1
@@ -263,8 +254,6 @@ def _save(state: TrainState, cfg: FinetuneConfig, epochs_done: int, results: dic
           loader_generator, pm) -> Path | None:
     """An atomic checkpoint on rank 0: the weights for `x2vlm eval` / ``init_from`` and,
     for ``--resume``, the optimizer, schedule, each rank's RNG and the shuffle state."""
-    from x2core.train import checkpoint as ckpt
-
     rng = ckpt.rng_state()
     if loader_generator is not None:
         rng["loader"] = loader_generator.get_state()
@@ -275,14 +264,28 @@ def _save(state: TrainState, cfg: FinetuneConfig, epochs_done: int, results: dic
     payload["model"], payload["head"] = split_state(payload["model"])
     payload.update(head_name=cfg.head,
                    head_options=options_dict(getattr(head, "options", cfg.head_options)),
+                   head_vocab=head_vocabularies(head),
                    model_config=to_dict(head.model.config), config=to_dict(cfg), epoch=epochs_done,
                    metrics={s: m for s, m in results.items() if s not in ("train", "checkpoint")})
     return runtime.write_checkpoint(state, _jsonable_tensors(payload), keep_last=1, hooks=pm.hook)
 
 
-def _restore(state: TrainState, cfg: FinetuneConfig, resume, *, loader_generator) -> int:
-    """Load a checkpoint written by :func:`_save`; returns the number of finished epochs."""
-    from x2core.train import checkpoint as ckpt
+def _set_data_epoch(dataset, epoch: int, seed: int) -> None:
+    """Tell a head's dataset the epoch (and a StoreDataset the run's seed) its items'
+    random draws derive from; a dataset without ``set_epoch`` is left as it is."""
+    from x2core.train.heads import StoreDataset
+
+    if isinstance(dataset, StoreDataset):
+        dataset.set_epoch(epoch, seed=seed)
+    elif callable(getattr(dataset, "set_epoch", None)):
+        dataset.set_epoch(epoch)
+
+
+def _restore(state: TrainState, cfg: FinetuneConfig, resume, *, loader_generator,
+             allow_change: bool = False) -> int:
+    """Load a checkpoint written by :func:`_save`; returns the number of finished epochs.
+    The architecture is checked first, then the config (:mod:`x2core.train.resume_config`)."""
+    from x2core.train import resume_config
 
     path = ckpt.find_resume_checkpoint(resume, state.output_dir / "checkpoints")
     payload = ckpt.load_checkpoint(path)
@@ -294,7 +297,14 @@ def _restore(state: TrainState, cfg: FinetuneConfig, resume, *, loader_generator
         raise CheckpointError(f"{path} holds head '{payload.get('head_name')}', the config asks "
                               f"for '{cfg.head}'")
     full = {f"model.{k}": v for k, v in payload["model"].items()} | dict(payload["head"])
+    fresh = resume_config.optimizer_settings(state.optimizer, state.scheduler)
     rng = runtime.restore(state, payload, path, model_state=full)
+    changes = resume_config.check_resume_config(payload.get("config"), to_dict(cfg),
+                                                allow=allow_change, source=str(path))
+    if changes:
+        resume_config.reapply_optimizer(state.optimizer, state.scheduler, fresh)
+        if state.dist.is_main:
+            print("x2vlm finetune --resume: applying config changes:\n  " + "\n  ".join(changes))
     if loader_generator is not None and "loader" in rng:
         loader_generator.set_state(rng["loader"])
     return int(payload["epoch"])
@@ -368,11 +378,13 @@ def write_results(out_dir: Path, split: str, metrics: dict, predictions: list, *
 # --- evaluation of a checkpoint ------------------------------------------------------------
 
 def evaluate(cfg: FinetuneConfig, checkpoint: str, *, plugin_manager=None) -> dict:
-    """Evaluate a fine-tune checkpoint on ``cfg.eval``; writes metrics/predictions JSON."""
-    from x2core.model.factory import build_model
-    from x2core.model.config import ModelConfig
+    """Evaluate a fine-tuned model on ``cfg.eval``; writes metrics/predictions JSON.
+
+    ``checkpoint`` is anything :func:`x2core.model.artifact.resolve` accepts (a fine-tune
+    checkpoint, its ``latest`` pointer or run directory, or an exported model directory);
+    it brings the architecture, the head, its options and vocabularies."""
+    from x2core.model.artifact import build_head_from, resolve
     from x2core.plugin_manager import get_plugin_manager
-    from x2core.train import checkpoint as ckpt
     from x2core.train.logging import MetricsLogger
 
     pm = plugin_manager or get_plugin_manager()
@@ -381,30 +393,36 @@ def evaluate(cfg: FinetuneConfig, checkpoint: str, *, plugin_manager=None) -> di
                           "{split: path})")
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    payload = ckpt.load_checkpoint(checkpoint)
-    if "model_config" in payload:
-        model = build_model(from_dict(ModelConfig, payload["model_config"]), plugin_manager=pm)
-    else:
-        from x2core.model.factory import model_config_for
-        model = build_model(model_config_for(cfg.model, **cfg.model_overrides), plugin_manager=pm)
-    head_name = payload.get("head_name", cfg.head)
+    art = resolve(checkpoint)
+    head_name = art.head.name if art.head is not None else cfg.head
+    if not head_name:
+        raise CheckpointError(f"{art.source} holds no fine-tuned head (a pretraining model); "
+                              "name the head to evaluate it with: head=retrieval")
     if cfg.head and head_name != cfg.head:
-        raise CheckpointError(f"{checkpoint} holds head '{head_name}', the config asks for "
+        raise CheckpointError(f"{art.source} holds head '{head_name}', the config asks for "
                               f"'{cfg.head}'")
-    options = {**payload.get("head_options", {}), **cfg.head_options}
-    head = build_head(head_name, model, options, plugin_manager=pm)
-    state = {f"model.{k}": v for k, v in payload.get("model", payload).items()}
-    state.update(payload.get("head", {}))
-    from x2core.train.checkpoint import check_state_compatible
-    check_state_compatible(head.state_dict(), state, source=str(checkpoint))
-    head.load_state_dict(state)
+    # the checkpoint's own architecture, whatever model the recipe names
+    model, _, _ = runtime.build_run_model(
+        dataclasses.replace(cfg, model=None if art.model_config else cfg.model,
+                            allow_partial=False), plugin_manager=pm, init=art)
+    if art.head is not None:
+        head = build_head_from(art.head, model, plugin_manager=pm, source=art.source,
+                               options=cfg.head_options)
+    else:  # zero-shot: a head with no weights of its own (retrieval) on a pretrained core
+        head = build_head(head_name, model, cfg.head_options, plugin_manager=pm)
+        own = head_own_state(head)
+        if own:
+            raise CheckpointError(f"{art.source} has no '{head_name}' head, and that head has "
+                                  f"{len(own)} tensors of its own ({next(iter(own))}, ...): "
+                                  "evaluating it would score an untrained head; fine-tune it "
+                                  "first (x2vlm finetune ... init_from=" f"{art.source})")
     head.to(device)
     stores = {split: _open_store(p) for split, p in cfg.eval_stores().items()}
     for split, store in stores.items():
         check_store_fields(head_name, head.required_fields(False), store, split=split)
     out_dir = Path(cfg.output_dir)
     logger = MetricsLogger(str(out_dir), tensorboard=False)
-    state = TrainState(cfg, head, None, None, None, step=int(payload.get("step", 0)),
+    state = TrainState(cfg, head, None, None, None, step=int(art.step or 0),
                        output_dir=out_dir)
     results = _evaluate_all(state, stores, out_dir, logger, pm, write=True)
     logger.close()

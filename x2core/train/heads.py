@@ -42,8 +42,9 @@ import torch
 from torch import nn
 
 from x2core.config import from_dict
-from x2core.errors import ConfigError, InputError
+from x2core.errors import ConfigError, InputError, X2Error
 from x2core.utils.progress import maybe_progress  # noqa: F401  (part of the head contract)
+from x2core.data.seeding import sample_rng
 from x2core.data.text import pick_texts  # noqa: F401  (part of the head contract)
 from x2core.utils.device import move_to  # noqa: F401  (part of the head contract)
 
@@ -88,6 +89,54 @@ class Head(Protocol):
 
     def evaluate(self, store: Any, *, batch_size: int = 32, progress: bool = False) -> EvalResult:
         """Metrics and predictions on a store (the model is already in eval mode)."""
+
+
+# --- building, saving, restoring ----------------------------------------------------------
+
+def build_head(name: str, model: nn.Module, options: Mapping | None, *, plugin_manager=None):
+    """Build the registered head ``name`` on the core ``model`` with ``options``."""
+    from x2core.errors import X2Error
+    from x2core.plugin_manager import get_plugin_manager
+
+    pm = plugin_manager or get_plugin_manager()
+    head = pm.registry("heads").build(name, model, dict(options or {}))
+    if not isinstance(head, nn.Module) or getattr(head, "model", None) is not model:
+        raise X2Error(f"head plugin '{name}' must build an nn.Module keeping the core model "
+                      f"as .model (see x2core.train.heads)")
+    head.name = getattr(head, "name", name) or name
+    return head
+
+
+def head_own_state(head: nn.Module) -> dict[str, torch.Tensor]:
+    """The head's own tensors: its state dict without the core's ``model.*`` keys."""
+    return {k: v for k, v in head.state_dict().items() if not k.startswith("model.")}
+
+
+def head_vocabularies(head: nn.Module) -> dict[str, list]:
+    """The vocabularies a head learned from its data (its ``vocabulary_attributes``, e.g.
+    the VQA ``answer_list``), saved next to its weights so a loaded head answers without
+    the training store."""
+    out = {}
+    for name in getattr(head, "vocabulary_attributes", ()):
+        value = getattr(head, name, None)
+        if value is not None:
+            out[name] = list(value)
+    return out
+
+
+def set_head_vocabularies(head: nn.Module, vocab: Mapping[str, Sequence]) -> None:
+    """Restore what :func:`head_vocabularies` saved; then the head's ``vocabularies_set()``
+    (when it has one) finishes what depends on them (an answer index)."""
+    allowed = set(getattr(head, "vocabulary_attributes", ()))
+    unknown = sorted(set(vocab) - allowed)
+    if unknown:
+        raise ConfigError(f"head '{head.name}' has no vocabulary {', '.join(unknown)} "
+                          f"(it keeps: {', '.join(sorted(allowed)) or 'none'})")
+    for name, value in vocab.items():
+        setattr(head, name, list(value))
+    done = getattr(head, "vocabularies_set", None)
+    if callable(done):
+        done()
 
 
 # --- field checks ------------------------------------------------------------------------
@@ -143,6 +192,9 @@ class HeadBase(nn.Module):
     Options: type = dict
     train_fields: tuple[str, ...] = ()
     eval_fields: tuple[str, ...] = ()
+    # attributes holding what the head learns from its data rather than its options (an
+    # answer list read from the store): saved with the weights, see head_vocabularies
+    vocabulary_attributes: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, options: Mapping | None = None):
         super().__init__()
@@ -196,6 +248,14 @@ class StoreDataset(torch.utils.data.Dataset):
     Only the store path travels to workers (the reader reopens lazily there).
     ``index`` entries may be ints (record numbers) or tuples whose first element is the
     record number (e.g. ``(record, region)``); ``fn`` receives the entry as given.
+
+    ``rng`` (every random draw of an item: crop, flip, caption choice, masking, frames) is
+    a fresh generator per item, a function of ``(run seed, epoch, i, seed)`` only
+    (:func:`x2core.data.seeding.sample_rng`): DataLoader workers draw different values,
+    every epoch draws anew, and a resumed run draws what the uninterrupted one drew. The
+    fine-tune runner calls :meth:`set_epoch` before each epoch (the dataset is pickled
+    into the workers when an epoch's iterator starts, so they see it); ``seed`` is a
+    salt of the head's own (two datasets of one run draw independently).
     """
 
     def __init__(self, store: Any, fn: Callable, index: Sequence | None = None, seed: int = 0):
@@ -204,8 +264,19 @@ class StoreDataset(torch.utils.data.Dataset):
         self.fn = fn
         self.index = list(index) if index is not None else None
         self.seed = seed
+        self.run_seed = 0
+        self.epoch = 0
         self._n = len(self.index) if self.index is not None else len(self.reader)
-        self._rng = random.Random(seed)
+
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        """Draw epoch ``epoch``'s values; ``seed``: the run's seed (kept when None)."""
+        self.epoch = int(epoch)
+        if seed is not None:
+            self.run_seed = int(seed)
+
+    def item_rng(self, i: int) -> random.Random:
+        """The generator item ``i`` of the current epoch gets."""
+        return sample_rng(self.run_seed, self.epoch, i, salt=f"head{self.seed}")
 
     @property
     def reader(self):
@@ -225,7 +296,75 @@ class StoreDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         entry = self.index[i] if self.index is not None else i
         rec_id = entry[0] if isinstance(entry, tuple) else entry
-        return self.fn(self.reader[rec_id], entry, self._rng)
+        rec = self.reader[rec_id]
+        store = str(getattr(self.reader, "path", "<records>"))
+        where = f"{store}: record {rec_id}"
+        if not isinstance(rec, Mapping):
+            raise InputError(f"{where}: expected a map of fields, got {type(rec).__name__}")
+        trail = _Trail()
+        try:
+            return self.fn(_traced(rec, trail, ""), entry, self.item_rng(i))
+        except X2Error as exc:
+            if not isinstance(exc, InputError) or store in str(exc):
+                raise  # already says which store and record, or is not about the data
+            raise InputError(f"{where}{trail.named()}: {exc}") from exc
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a malformed value, whatever library it trips
+            from x2core.data.datasets import malformed_value
+            raise InputError(f"{where}{trail.named()}: {malformed_value(exc)}") from exc
+
+
+class _Trail:
+    """The last record field an item function read, so an error it then raises on a
+    malformed value can name the field (``regions[0].bbox``)."""
+
+    def __init__(self):
+        self.field: str | None = None
+
+    def named(self) -> str:
+        return f", field '{self.field}'" if self.field else ""
+
+
+def _traced(value, trail: _Trail, path: str):
+    if isinstance(value, dict):
+        return _TracedDict(value, trail, path)
+    if isinstance(value, list):
+        return _TracedList(value, trail, path)
+    return value
+
+
+class _TracedDict(dict):
+    """A record (or a map inside one) that notes in ``trail`` each field read from it."""
+
+    def __init__(self, data: dict, trail: _Trail, path: str):
+        super().__init__(data)
+        self._trail, self._path = trail, path
+
+    def _at(self, key) -> str:
+        return f"{self._path}.{key}" if self._path else str(key)
+
+    def __getitem__(self, key):
+        self._trail.field = self._at(key)
+        return _traced(super().__getitem__(key), self._trail, self._at(key))
+
+    def get(self, key, default=None):
+        self._trail.field = self._at(key)
+        return _traced(super().get(key, default), self._trail, self._at(key))
+
+
+class _TracedList(list):
+    """A list inside a record that notes in ``trail`` each item read from it by index."""
+
+    def __init__(self, data: list, trail: _Trail, path: str):
+        super().__init__(data)
+        self._trail, self._path = trail, path
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return super().__getitem__(index)
+        self._trail.field = f"{self._path}[{index}]"
+        return _traced(super().__getitem__(index), self._trail, self._trail.field)
 
 
 def collate(items: list[dict]) -> dict:

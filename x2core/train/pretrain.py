@@ -18,18 +18,16 @@ from torch import nn
 from x2core.config import to_dict
 from x2core.errors import X2Error
 from x2core.utils.device import move_to
-from x2core.model.factory import model_config_for, build_model
 from x2core.plugin_manager import get_plugin_manager
 from x2core.train import checkpoint as ckpt
-from x2core.train import runtime
+from x2core.train import resume_config, runtime
 from x2core.train.config import TrainConfig
 from x2core.train.logging import MetricsLogger
 from x2core.train.optim import build_optimizer, build_scheduler
 from x2core.train.runtime import NonFiniteLossError, TrainState, seed_everything
 
 # NonFiniteLossError, TrainState and seed_everything live in the runtime; importable here too.
-__all__ = ["NonFiniteLossError", "PretrainStep", "TrainState", "load_initial_weights",
-           "seed_everything", "train"]
+__all__ = ["NonFiniteLossError", "PretrainStep", "TrainState", "seed_everything", "train"]
 
 
 class PretrainStep(nn.Module):
@@ -59,44 +57,32 @@ class PretrainStep(nn.Module):
         return out
 
 
-def load_initial_weights(model: nn.Module, path: str) -> set[str]:
-    """Load weights to start from; returns names the file did not provide (``lr_mult``)."""
-    p = Path(path)
-    untrained: set[str] = set()
-    if p.is_dir():
-        from x2core.model.directory import load_model_weights, read_new_parameters  # save_pretrained
-        state = load_model_weights(p)
-        untrained = read_new_parameters(p)  # initialised, never trained: lr_mult like missing ones
-    else:
-        payload = ckpt.load_checkpoint(p)
-        state = payload.get("model", payload)
-    from x2core.model.loading import compare_state
-    own = model.state_dict()
-    compare_state(own, state, source=str(path)).raise_for_problems(missing=False, unexpected=False)
-    model.load_state_dict(state, strict=False)
-    return {k for k in own if k not in state or k in untrained}
-
-
-def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int | None = None) -> dict:
+def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int | None = None,
+          resume_allow_config_change: bool = False) -> dict:
     """Run training; returns the last logged metrics.
 
     Args:
         resume: a checkpoint path, or True for the latest one in ``output_dir``.
         stop_after: end this process after that many steps (tests, time-boxed runs).
+        resume_allow_config_change: apply (and list) the run-changing fields where ``cfg``
+            differs from the checkpoint's config; otherwise they are a ConfigError
+            (:mod:`x2core.train.resume_config`).
     """
     from x2core.train.streams import build_streams  # data needs the model's tokenizer
 
     info = runtime.setup(cfg)
     out_dir = Path(cfg.output_dir)
+    if info.is_main:  # temporaries of saves a killed run never finished
+        ckpt.remove_stale_temporaries(out_dir / "checkpoints")
     # The same initial weights on every rank: DDP would broadcast rank 0's, but FSDP
     # shards what each rank built, so different inits would mix into one model.
     seed_everything(cfg.seed)
     pm = get_plugin_manager()
-    model_cfg = model_config_for(cfg.model, **cfg.model_overrides)
-    model = build_model(model_cfg).to(info.device)
+    model, _, init_report = runtime.build_run_model(cfg, announce=info.is_main)
+    model.to(info.device)
     if info.rank:  # then each rank its own stream for dropout, masking and negatives
         seed_everything(cfg.seed + info.rank)
-    new_params = load_initial_weights(model, cfg.init_from) if cfg.init_from else set()
+    new_params = set(init_report.untrained) if init_report is not None else set()
     loader = build_streams(cfg, model, info)
     weights = {name: s.iter_perc for name, s in cfg.data.items()}
     has_regions = any(s.kind == "region" for s in cfg.data.values())
@@ -116,8 +102,18 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
     if resume:
         path = ckpt.find_resume_checkpoint(resume, out_dir / "checkpoints")
         payload = ckpt.load_checkpoint(path)
-        runtime.restore(state, payload, path, model_state=payload["model"])
+        fresh = resume_config.optimizer_settings(optimizer, scheduler)
+        runtime.restore(state, payload, path, model_state=payload["model"])  # architecture first
+        changes = resume_config.check_resume_config(
+            payload.get("config"), to_dict(cfg), allow=resume_allow_config_change, source=str(path))
+        if changes:
+            resume_config.reapply_optimizer(optimizer, scheduler, fresh)
+            if info.is_main:
+                print("x2vlm pretrain --resume: applying config changes:\n  " + "\n  ".join(changes))
         state.loader.load_state_dict(payload["loader"][info.rank])
+        if state.step >= cfg.steps and info.is_main:
+            print(f"x2vlm pretrain: run {out_dir} already finished {state.step} of {cfg.steps} "
+                  "steps; raise steps= (with --allow-config-change) to train on")
 
     logger = MetricsLogger(str(out_dir), enabled=info.is_main, tensorboard=cfg.tensorboard)
     if info.is_main:

@@ -186,32 +186,43 @@ class Stepper:
 class Reporter:
     """Logs a step's metrics every ``log_every`` steps and at the last one, adding the
     throughput over the steps since the previous log (``samples_per_s`` from the samples
-    counted with :meth:`count`, or ``steps_per_s``), and advances the progress bar."""
+    counted with :meth:`count`, or ``steps_per_s``), and advances the progress bar, which
+    shows the rate of the last logged window (of the window so far before the first log).
+    ``clock``: seconds, monotonic (tests pass a fake one)."""
 
     def __init__(self, logger, *, log_every: int, total: int, initial: int, desc: str,
-                 rate: str = "samples_per_s", enabled: bool = True):
+                 rate: str = "samples_per_s", enabled: bool = True, clock=time.perf_counter):
         self.logger, self.log_every, self.total, self.rate = logger, log_every, total, rate
         self.pbar = progress(total=total, initial=initial, desc=desc, unit="step", enabled=enabled)
+        self.clock = clock
         self._samples = self._steps = 0
-        self._start = time.perf_counter()
+        self._start = clock()
+        self.shown_rate: float | None = None  # what the bar shows; None before any step
+        self._logged_once = False
 
     def count(self, samples: int) -> None:
         self._samples += samples
 
+    def _window_rate(self) -> float:
+        elapsed = max(self.clock() - self._start, 1e-9)
+        return (self._samples if self.rate == "samples_per_s" else self._steps) / elapsed
+
     def report(self, state: TrainState, metrics: dict[str, float]) -> None:
         """``metrics`` of update ``state.step``; the throughput is added in place when logged."""
         self._steps += 1
-        if state.step % self.log_every == 0 or state.step == self.total:
-            elapsed = max(time.perf_counter() - self._start, 1e-9)
-            done = self._samples if self.rate == "samples_per_s" else self._steps
-            metrics[self.rate] = done / elapsed
+        logged = state.step % self.log_every == 0 or state.step == self.total
+        if logged:
+            metrics[self.rate] = self.shown_rate = self._window_rate()
             self._samples = self._steps = 0
-            self._start = time.perf_counter()
+            self._start = self.clock()
             self.logger.log(state.step, metrics)
             state.history.append({"step": state.step, **metrics})
+            self._logged_once = True
+        elif not self._logged_once:
+            self.shown_rate = self._window_rate()  # no full window yet: the partial one
         if self.pbar is not None:
             self.pbar.set_postfix({"loss": f"{metrics['loss']:.3f}",
-                                   self.rate: f"{metrics.get(self.rate, 0):.1f}"}, refresh=False)
+                                   self.rate: f"{self.shown_rate:.1f}"}, refresh=False)
             self.pbar.update(1)
 
     def close(self) -> None:
@@ -247,6 +258,33 @@ def write_checkpoint(state: TrainState, payload: dict, *, keep_last: int, hooks)
     path = ckpt.save_checkpoint(state.output_dir / "checkpoints", state.step, payload, keep_last)
     hooks.x2vlm_checkpoint_saved(state=state, step=state.step, path=str(path))
     return path
+
+
+def build_run_model(cfg, *, plugin_manager=None, announce: bool = True, init=None):
+    """The core model a run trains, and its ``init_from`` load report (or ``None``).
+
+    The architecture is ``cfg.model`` when the config names one; otherwise the one
+    ``init_from`` records (a model directory, run directory, checkpoint or ``latest``
+    pointer), else :data:`~x2core.train.config.DEFAULT_MODEL`. ``model_overrides`` apply
+    on top (printed when they change a stored architecture). Weights are loaded with
+    :func:`x2core.model.artifact.load_weights`: a load that leaves core tensors unloaded is
+    refused unless ``cfg.allow_partial``; ``report.untrained`` gets ``optim.lr_mult``.
+    ``init``: an already resolved :class:`~x2core.model.artifact.Artifact` to use instead
+    of ``cfg.init_from``. Returns ``(model, artifact, report)``.
+    """
+    from x2core.model.artifact import architecture, load_weights, resolve
+    from x2core.model.factory import build_model, model_config_for
+    from x2core.train.config import DEFAULT_MODEL
+
+    art = init if init is not None else resolve(cfg.init_from) if cfg.init_from else None
+    if cfg.model is None and art is not None and art.model_config is not None:
+        model_cfg = architecture(art, cfg.model_overrides, announce=announce)
+    else:
+        model_cfg = model_config_for(cfg.model or DEFAULT_MODEL, **cfg.model_overrides)
+    model = build_model(model_cfg, plugin_manager=plugin_manager)
+    report = load_weights(model, art, allow_partial=cfg.allow_partial, quiet=not announce) \
+        if art is not None else None
+    return model, art, report
 
 
 def restore(state: TrainState, payload: dict, path: Path, *, model_state: dict) -> dict:

@@ -61,6 +61,25 @@ def build_dataset(name: str, stream: StreamConfig, model: Any, cfg: TrainConfig,
     raise ConfigError(f"config field 'data.{name}.kind': unknown kind {stream.kind!r}")
 
 
+PROBE_RECORDS = 64  # records per stream whose texts are tokenised before training starts
+
+
+def check_text_coverage(name: str, ds: Any, model: Any, records: int = PROBE_RECORDS) -> float:
+    """Tokenise the texts of the stream's first ``records`` records as training will and
+    refuse a tokenizer that turns most of them into ``[UNK]`` (returns the rate)."""
+    from x2core.data.datasets import record_texts
+    from x2core.data.tokenizers import check_unk_rate, tokenizer_source
+
+    texts = []
+    for i in range(min(records, len(ds.store))):
+        rec = ds.store[i]
+        texts.extend(record_texts(rec) if isinstance(rec, dict) else ())
+    ids = [ds.text.tokenize(t)[1:-1] for t in texts]  # without [CLS] and [SEP]
+    return check_unk_rate(ds.text.tokenizer, ids, source=tokenizer_source(model.config.text),
+                          where=f"the first {min(records, len(ds.store))} records of data.{name} "
+                                f"({getattr(ds.store, 'path', '')})")
+
+
 def build_streams(cfg: TrainConfig, model: Any, info: DistInfo):
     """One :class:`~x2core.data.datasets.MixedLoader` over every configured stream, sharded by rank."""
     from x2core.data.mixing import MixedLoader, StreamSpec
@@ -68,6 +87,7 @@ def build_streams(cfg: TrainConfig, model: Any, info: DistInfo):
     specs = {}
     for name, stream in cfg.data.items():
         ds, collate, per_step = build_dataset(name, stream, model, cfg)
+        check_text_coverage(name, ds, model)
         if len(ds) < per_step * info.world_size:
             raise ConfigError(f"config field 'data.{name}': the store has {len(ds)} records, fewer than one "
                               f"step needs ({per_step} per rank x {info.world_size} ranks)")
