@@ -82,25 +82,32 @@ def evaluate_multilingual(model, stores_by_lang, *, langs: Sequence[str] | None 
     return out
 
 
+_RANKINGS = {"itc": ("ITC only", "itc_"), "itm": ("ITC+ITM", "")}
+
+
 def multilingual_table(results: Mapping[str, Mapping[str, float]], *, title: str | None = None,
                        itc: bool = False) -> str:
-    """A Markdown table: one row per language, R@1/5/10 both ways, plus a chance row per size.
+    """A Markdown table: per language, R@1/5/10 both ways from ITC alone and after the
+    ITM rerank of its top-k (one row each, side by side so a rerank that hurts shows),
+    plus a chance row per size.
 
-    ``itc=True`` shows the ITC-only ranking (before ITM rerank) instead.
+    ``itc=True`` shows the ITC-only rows alone.
     """
-    pre = "itc_" if itc else ""
-    head = ("| language | images | texts | text->image R@1 | R@5 | R@10 | "
+    rankings = ("itc",) if itc else ("itc", "itm")
+    head = ("| language | ranking | images | texts | text->image R@1 | R@5 | R@10 | "
             "image->text R@1 | R@5 | R@10 |")
-    lines = ([f"**{title}**", ""] if title else []) + [head, "|---" * 9 + "|"]
+    lines = ([f"**{title}**", ""] if title else []) + [head, "|---" * 10 + "|"]
     chance_rows = {}
     for lang, r in results.items():
         n_img, n_txt = int(r["num_images"]), int(r["num_texts"])
-        lines.append(f"| {lang} | {n_img} | {n_txt} | " + " | ".join(
-            f"{r[f'{pre}ir_r{k}']:.1f}" for k in (1, 5, 10)) + " | " + " | ".join(
-            f"{r[f'{pre}tr_r{k}']:.1f}" for k in (1, 5, 10)) + " |")
+        for name in rankings:
+            label, pre = _RANKINGS[name]
+            lines.append(f"| {lang} | {label} | {n_img} | {n_txt} | " + " | ".join(
+                f"{r[f'{pre}ir_r{k}']:.1f}" for k in (1, 5, 10)) + " | " + " | ".join(
+                f"{r[f'{pre}tr_r{k}']:.1f}" for k in (1, 5, 10)) + " |")
         chance_rows[(n_img, n_txt)] = r
     for (n_img, n_txt), r in chance_rows.items():
-        lines.append(f"| chance | {n_img} | {n_txt} | " + " | ".join(
+        lines.append(f"| chance | | {n_img} | {n_txt} | " + " | ".join(
             f"{r[f'chance_r{k}']:.1f}" for k in (1, 5, 10)) + " | " + " | ".join(
             f"{r[f'chance_tr_r{k}']:.1f}" for k in (1, 5, 10)) + " |")
     return "\n".join(lines)
@@ -127,25 +134,7 @@ def parse_store_args(items: Sequence[str]) -> dict[str, str] | str:
 
 
 def load_model(path: str | os.PathLike):
-    """Our model directory (``from_pretrained``) or a training checkpoint (``step_*.pt``)."""
-    from pathlib import Path
-
-    from x2core.errors import CheckpointError
-
-    p = Path(path)
-    if p.is_dir():
-        if (p / "model.safetensors").is_file() or (p / "config.json").is_file():
-            from x2core.model.directory import from_pretrained
-            return from_pretrained(p).eval()
-        from x2core.train.checkpoint import latest_checkpoint
-        latest = latest_checkpoint(p / "checkpoints") if (p / "checkpoints").is_dir() else None
-        if latest is None:
-            raise CheckpointError(f"'{p}' is neither a model directory nor a run directory")
-        p = Path(latest)
-    if not p.exists():
-        raise CheckpointError(f"model '{p}' does not exist")
-    from x2core.recipes.demo import load_trained_model
-    try:
-        return load_trained_model(p)
-    except KeyError as exc:
-        raise CheckpointError(f"'{p}' is not an x2vlm training checkpoint (no {exc})") from None
+    """The model any artifact holds (model directory, run directory, checkpoint, ``latest``
+    pointer), in eval mode: :func:`x2core.model.artifact.load_model`."""
+    from x2core.model.artifact import load_model as load
+    return load(path, with_head=False)

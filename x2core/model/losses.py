@@ -1,10 +1,13 @@
 """Pretraining losses (facts §3): ITC, ITM hard-negative sampling, MLM, box L1 + GIoU."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from x2core.errors import InputError
 from x2core.model.boxes import box_cxcywh_to_xyxy, generalized_box_iou
 
 
@@ -85,12 +88,19 @@ def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tens
 
 
 def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
-                          idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          idx: torch.Tensor | None = None, uniform_mix: float = 0.0
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each text an image, and for each image a text, that is a hard negative.
 
-    Negatives are drawn from ``softmax(sim / temp) + 1e-5`` over the local batch,
-    with the positive pair (and every row sharing its ``idx``, e.g. other regions
-    of the same image) given weight zero.
+    Negatives are drawn from ``softmax(sim / temp) + 1e-5`` over the local batch (the
+    reference), with the positive pair (and every row sharing its ``idx``, e.g. other
+    regions of the same image) given weight zero.
+
+    ``uniform_mix`` (not in the reference; 0 reproduces it exactly) draws from
+    ``(1 - uniform_mix) * softmax(sim / temp) + uniform_mix / B + 1e-5`` instead: that
+    share of the negatives is an ordinary in-batch row rather than ITC's nearest one.
+    A from-scratch fusion encoder needs those easy contrasts to leave ITM's constant
+    prediction: against ITC's hardest rows alone it stays there (see ``LossConfig``).
 
     Returns:
         ``(neg_image_for_text (B,), neg_text_for_image (B,))`` row indices; -1 where
@@ -102,9 +112,16 @@ def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
         # Non-finite features (a diverging step) must not crash the sampler: that step's loss
         # is non-finite anyway and the loop's guard skips it; sample uniformly meanwhile.
         sim = torch.nan_to_num(sim, nan=0.0, posinf=0.0, neginf=0.0)
-        w_i2t = F.softmax(sim, 1) + 1e-5
-        w_t2i = F.softmax(sim.t(), 1) + 1e-5
         n = sim.shape[0]
+        if not 0.0 <= uniform_mix <= 1.0:
+            raise InputError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+        # a Python-level branch on a config float: the reference's expression is kept
+        # bit for bit at 0, and the graph does not depend on the data.
+        w_i2t, w_t2i = F.softmax(sim, 1), F.softmax(sim.t(), 1)
+        if uniform_mix:
+            w_i2t = (1 - uniform_mix) * w_i2t + uniform_mix / n
+            w_t2i = (1 - uniform_mix) * w_t2i + uniform_mix / n
+        w_i2t, w_t2i = w_i2t + 1e-5, w_t2i + 1e-5
         same = (torch.eye(n, dtype=torch.bool, device=sim.device) if idx is None
                 else idx.view(-1, 1) == idx.view(1, -1))
         w_i2t.masked_fill_(same, 0)
@@ -118,6 +135,15 @@ def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
         neg_img = torch.multinomial(w_t2i, 1).squeeze(1)
         neg_txt = torch.multinomial(w_i2t, 1).squeeze(1)
         return torch.where(valid_t, neg_img, -1), torch.where(valid_i, neg_txt, -1)
+
+
+def itm_constant_loss(negatives_per_positive: int = 2) -> float:
+    """The ITM cross-entropy of a head that ignores its input: the best constant
+    prediction, P(match) = 1 / (1 + n), scores ``H(1/(1+n))`` nats. ``X2VLM.itm_loss``
+    has one positive and two negatives per pair (n = 2): ln 3 - (2/3) ln 2 = 0.6365.
+    A head that learned nothing sits at this value."""
+    p = 1.0 / (1 + negatives_per_positive)
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

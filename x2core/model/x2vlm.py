@@ -69,6 +69,52 @@ class X2VLM(nn.Module):
         self.video_pooling = VideoPooling(config.video, vision_width,
                                           getattr(vision_encoder, "num_heads", None) or config.vision.num_heads)
 
+    # --- the artifact: loading, saving, the attached head, preprocessing --------------
+    @classmethod
+    def from_pretrained(cls, path, *, with_head: bool = True, allow_partial: bool = False,
+                        plugin_manager=None, **overrides) -> "X2VLM":
+        """Build the model any artifact describes and load its weights: a model directory,
+        a run directory, a checkpoint file or a ``latest`` pointer
+        (:func:`x2core.model.artifact.resolve`). A fine-tuned artifact comes back with its
+        head attached as ``model.head`` (``model.head.model is model``). ``overrides`` are
+        ModelConfig fields applied on top of the stored architecture."""
+        from x2core.model.artifact import load_model
+        return load_model(path, with_head=with_head, allow_partial=allow_partial,
+                          plugin_manager=plugin_manager, **overrides)
+
+    def save_pretrained(self, directory, **kwargs):
+        """Write a model directory (config, safetensors, tokenizer and the attached head);
+        see :func:`x2core.model.directory.save_pretrained`."""
+        from x2core.model.directory import save_pretrained
+        kwargs.setdefault("head", self.head)
+        return save_pretrained(self, directory, **kwargs)
+
+    @property
+    def head(self):
+        """The fine-tuned head this model was loaded with (or attached), else ``None``.
+
+        Kept outside the module tree: the head holds this model as ``head.model``, so
+        registering it as a submodule would put every core tensor in the state dict twice."""
+        return self.__dict__.get("_attached_head")
+
+    def attach_head(self, head) -> None:
+        """Attach a head built on this model (``head.model is self``)."""
+        if head is not None and getattr(head, "model", None) is not self:
+            raise InputError("attach_head: the head was built on another model")
+        self.__dict__["_attached_head"] = head
+
+    def image_transform(self):
+        """The evaluation image preprocessing of this model (bytes / PIL / path ->
+        ``(3, R, R)``); see :mod:`x2core.data.preprocess`."""
+        from x2core.data.preprocess import image_preprocessing
+        return image_preprocessing(self.config)
+
+    def video_transform(self):
+        """The evaluation video preprocessing (file / bytes -> ``(F, 3, R, R)``): this
+        model's frame sampler, frame count and image transform."""
+        from x2core.data.preprocess import video_preprocessing
+        return video_preprocessing(self.config)
+
     # --- conveniences ---------------------------------------------------------------
     @property
     def tokenizer(self):
@@ -216,8 +262,10 @@ class X2VLM(nn.Module):
     def itm_loss(self, image_embeds, image_atts, image_feat, text_embeds, text_atts, text_feat,
                  temp, group=None) -> torch.Tensor:
         """ITM cross-entropy on the positives plus one hard negative per text and per image
-        (sampled from ITC similarity; rows sharing ``group`` are never negatives)."""
-        neg_img, neg_txt = sample_hard_negatives(image_feat, text_feat, temp, group)
+        (sampled from ITC similarity, mixed with uniform draws by
+        ``config.loss.itm_uniform_negatives``; rows sharing ``group`` are never negatives)."""
+        neg_img, neg_txt = sample_hard_negatives(image_feat, text_feat, temp, group,
+                                                 uniform_mix=self.config.loss.itm_uniform_negatives)
         # rows: positives | (text, hard-negative image) | (image, hard-negative text).
         # Always 3B rows, so shapes never depend on the data (no host sync, one compiled
         # graph): a row without a negative (-1) points at row 0 and is ignored by the loss.

@@ -30,19 +30,26 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
 
 
 def line_panel(title: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
-               size: tuple[int, int] = (420, 260)) -> Image.Image:
-    """One chart: ``series[name] = (xs, ys)``, shared axes, legend at the top right."""
+               size: tuple[int, int] = (420, 260),
+               hlines: dict[str, float] | None = None) -> Image.Image:
+    """One chart: ``series[name] = (xs, ys)``, shared axes, legend at the top right.
+
+    ``hlines[label] = y`` draws a dotted reference level (e.g. a loss's value for a
+    constant prediction), labelled at the left, in the colour of the series of the same
+    name when there is one."""
     w, h = size
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     font = _font(12)
     left, right, top, bottom = 48, 12, 24, 28
     d.text((left, 4), title, fill="black", font=font)
+    hlines = hlines or {}
     pts = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys) if math.isfinite(y)]
     if not pts:
         return img
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    ys_all = [p[1] for p in pts] + [y for y in hlines.values() if math.isfinite(y)]
+    y0, y1 = min(ys_all), max(ys_all)
     if x1 == x0:
         x1 = x0 + 1
     if y1 == y0:
@@ -60,7 +67,18 @@ def line_panel(title: str, series: dict[str, tuple[Sequence[float], Sequence[flo
         _, py = to_px(x0, yv)
         d.text((2, py - 6), f"{yv:.2f}", fill=(90, 90, 90), font=font)
     d.text((left, h - bottom + 4), f"{x0:g}", fill=(90, 90, 90), font=font)
-    d.text((w - right - 40, h - bottom + 4), f"{x1:g} steps", fill=(90, 90, 90), font=font)
+    last = f"{x1:g} steps"
+    d.text((w - right - d.textlength(last, font=font), h - bottom + 4), last, fill=(90, 90, 90), font=font)
+    names = list(series)
+    for label, yv in hlines.items():
+        if not math.isfinite(yv):
+            continue
+        key = label.split()[0]
+        color = _COLORS[names.index(key) % len(_COLORS)] if key in names else (90, 90, 90)
+        _, py = to_px(x0, yv)
+        for px in range(left, w - right, 8):  # dotted
+            d.line([(px, py), (min(px + 3, w - right), py)], fill=color, width=1)
+        d.text((left + 4, py - 13), label, fill=color, font=font)
     for i, (name, (xs, ys)) in enumerate(series.items()):
         color = _COLORS[i % len(_COLORS)]
         line = [to_px(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
@@ -70,14 +88,37 @@ def line_panel(title: str, series: dict[str, tuple[Sequence[float], Sequence[flo
     return img
 
 
+TRUTH_COLOR = (0, 200, 0)
+PRED_COLOR = (230, 20, 20)
+
+
+def box_legend(width: int, labels: Sequence[tuple[str, tuple[int, int, int]]] = (
+        ("ground-truth box", TRUTH_COLOR), ("predicted box (bbox head)", PRED_COLOR)),
+        title: str = "", height: int = 26) -> Image.Image:
+    """A strip saying what each box colour of :func:`draw_grounding` means."""
+    font = _font(12)
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    x = 6
+    if title:
+        d.text((x, 6), title, fill="black", font=font)
+        x += int(d.textlength(title, font=font)) + 16
+    for label, color in labels:
+        d.rectangle([x, 6, x + 18, 19], outline=color, width=2)
+        d.text((x + 24, 6), label, fill="black", font=font)
+        x += 24 + int(d.textlength(label, font=font)) + 20
+    return img
+
+
 def draw_grounding(image: Image.Image, text: str, target_xyxy: Sequence[float],
                    pred_xyxy: Sequence[float], size: int = 160) -> Image.Image:
-    """The image scaled to ``size``, the true box in green, the prediction in red, the query below."""
+    """The image scaled to ``size``, the true box in green, the prediction in red, the
+    query below (:func:`box_legend` draws the key)."""
     font = _font(11)
     tile = Image.new("RGB", (size, size + 30), "white")
     tile.paste(image.convert("RGB").resize((size, size), Image.Resampling.NEAREST), (0, 0))
     d = ImageDraw.Draw(tile)
-    for box, color in ((target_xyxy, (0, 200, 0)), (pred_xyxy, (230, 20, 20))):
+    for box, color in ((target_xyxy, TRUTH_COLOR), (pred_xyxy, PRED_COLOR)):
         x0, y0, x1, y1 = [max(0.0, min(1.0, v)) * size for v in box]
         d.rectangle([x0, y0, x1, y1], outline=color, width=2)
     words, line, lines = text.split(), "", []
