@@ -143,6 +143,28 @@ def test_record_errors_name_the_field(readers):
             (name, str(info.value))
 
 
+@pytest.mark.parametrize("head, bad, field", [
+    ("retrieval", dict(GOOD, texts=5), "texts"),
+    ("retrieval", dict(GOOD, image="not bytes"), "image"),
+    ("grounding", dict(GOOD, regions=[{"bbox": [1, 2, 3, 4], "texts": {"en": [3]}}]),
+     "regions[0].texts.en[0]"),
+])
+def test_evaluation_reads_name_the_record(head, bad, field):
+    """Heads whose evaluation reads the store itself (retrieval's text index and images,
+    grounding's queries) name the store, record and field of a malformed record too."""
+    from x2core.model.factory import create_model
+    from x2core.train.heads import build_head
+
+    model = create_model("x2vlm-tiny").eval()
+    h = build_head(head, model, {})
+    store = EncodedRecords([encode(GOOD), encode(bad)])
+    with pytest.raises(X2Error) as info:
+        h.evaluate(store, batch_size=2)
+    msg = str(info.value)
+    assert len(msg.splitlines()) == 1 and f"{FAKE}: record 1" in msg, msg
+    assert field.split("[")[0] in msg, msg
+
+
 # --- what a user runs -------------------------------------------------------------------------
 
 def _store_with_bad_record(path, bad: bytes) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from x2core.model.boxes import box_cxcywh_to_xyxy, box_iou
 from x2core.train.heads import (HeadBase, HeadData, StoreDataset, collate, image_res, load_image,
-                          text_processor)
+                          read_record, text_processor)
 from x2core.model.losses import bbox_losses
 from x2core.eval.metrics.boxes import iou_accuracy
 from x2core.data.transforms import box_to_target
@@ -48,10 +48,11 @@ class GroundingHead(HeadBase):
         out = []
         lang = self.options.lang
         for i in range(len(store)):
-            for r, region in enumerate(store[i].get("regions") or []):
-                texts = [t for t in ((region.get("texts") or {}).get(lang) or []) if t.strip()]
-                for t in range(min(per_region, len(texts))):
-                    out.append((i, r, t))
+            with read_record(store, i) as rec:  # a malformed record: one line naming it
+                for r, region in enumerate(rec.get("regions") or []):
+                    texts = [t for t in ((region.get("texts") or {}).get(lang) or []) if t.strip()]
+                    for t in range(min(per_region, len(texts))):
+                        out.append((i, r, t))
         return out
 
     def build_dataset(self, store, *, train: bool) -> HeadData:

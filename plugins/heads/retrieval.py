@@ -14,7 +14,7 @@ import torch
 
 from x2core.errors import InputError
 from x2core.train.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
-                          load_image, pick_texts, text_processor)
+                          load_image, pick_texts, read_record, text_processor)
 from x2core.eval.ranking import retrieval_rank
 from x2core.model.losses import itc_loss
 from x2core.eval.metrics.retrieval import recall_from_topk
@@ -94,20 +94,24 @@ class RetrievalHead(HeadBase):
         o = self.options
         texts, img2txt, txt2img, image_ids = [], [], [], []
         for i in range(len(store)):
-            rec = store[i]
-            caps = pick_texts(rec, o.lang)
+            with read_record(store, i) as rec:  # a malformed record: one line naming it
+                caps = list(pick_texts(rec, o.lang))
+                image_id = rec.get("image_id", i)
             img2txt.append(list(range(len(texts), len(texts) + len(caps))))
             txt2img.extend([i] * len(caps))
             texts.extend(caps)
-            image_ids.append(rec.get("image_id", i))
+            image_ids.append(image_id if isinstance(image_id, (int, str)) else i)
         rows = [self._text(t) for t in texts]
         ids = torch.tensor([r["text_ids"] for r in rows], dtype=torch.long)
         atts = torch.tensor([r["text_atts"] for r in rows], dtype=torch.long)
 
+        def visual(j):
+            with read_record(store, j) as rec:
+                return self.load_visual(rec, j, train=False)
+
         def images():
             for s in range(0, len(store), batch_size):
-                yield torch.stack([self.load_visual(store[j], j, train=False)
-                                   for j in range(s, min(s + batch_size, len(store)))])
+                yield torch.stack([visual(j) for j in range(s, min(s + batch_size, len(store)))])
         ranked = retrieval_rank(self.model, images(), ids, atts, k_test=o.k_test,
                                 chunk_size=o.chunk_size, batch_size=batch_size,
                                 itm_batch_size=o.itm_batch_size, progress=progress)

@@ -33,6 +33,7 @@ use to read stores.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from dataclasses import dataclass, field
@@ -296,23 +297,33 @@ class StoreDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         entry = self.index[i] if self.index is not None else i
         rec_id = entry[0] if isinstance(entry, tuple) else entry
-        rec = self.reader[rec_id]
-        store = str(getattr(self.reader, "path", "<records>"))
-        where = f"{store}: record {rec_id}"
-        if not isinstance(rec, Mapping):
-            raise InputError(f"{where}: expected a map of fields, got {type(rec).__name__}")
-        trail = _Trail()
-        try:
-            return self.fn(_traced(rec, trail, ""), entry, self.item_rng(i))
-        except X2Error as exc:
-            if not isinstance(exc, InputError) or store in str(exc):
-                raise  # already says which store and record, or is not about the data
-            raise InputError(f"{where}{trail.named()}: {exc}") from exc
-        except (MemoryError, RecursionError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a malformed value, whatever library it trips
-            from x2core.data.datasets import malformed_value
-            raise InputError(f"{where}{trail.named()}: {malformed_value(exc)}") from exc
+        with read_record(self.reader, rec_id) as rec:
+            return self.fn(rec, entry, self.item_rng(i))
+
+
+@contextlib.contextmanager
+def read_record(store: Any, i: int):
+    """``with read_record(store, i) as rec:`` -- record ``i``, traced: any error the body
+    raises on a malformed value becomes one :class:`InputError` naming the store, the
+    record and the last field read (``STORE: record 3, field 'regions[0].bbox': ...``).
+    Heads that read a store outside :class:`StoreDataset` (an evaluation's text index)
+    read it through this."""
+    rec = store[i]
+    where = f"{getattr(store, 'path', '<records>')}: record {i}"
+    if not isinstance(rec, Mapping):
+        raise InputError(f"{where}: expected a map of fields, got {type(rec).__name__}")
+    trail = _Trail()
+    try:
+        yield _traced(rec, trail, "")
+    except X2Error as exc:
+        if not isinstance(exc, InputError) or str(getattr(store, "path", "")) in str(exc):
+            raise  # already says which store and record, or is not about the data
+        raise InputError(f"{where}{trail.named()}: {exc}") from exc
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a malformed value, whatever library it trips
+        from x2core.data.datasets import malformed_value
+        raise InputError(f"{where}{trail.named()}: {malformed_value(exc)}") from exc
 
 
 class _Trail:
