@@ -138,7 +138,7 @@ def test_masks_and_rows_are_made_on_the_embeddings_device(monkeypatch):
     monkeypatch.setattr(model, "fuse", lambda img, img_atts, txt, txt_atts: seen.append(img_atts.device) or txt)
     assert model.predict_bbox(embeds, text, text_atts).device == meta and seen == [meta]
     negatives = torch.tensor([1, 0], device=meta)
-    monkeypatch.setattr(model_module, "sample_hard_negatives", lambda *a: (negatives, negatives))
+    monkeypatch.setattr(model_module, "sample_hard_negatives", lambda *a, **kw: (negatives, negatives))
     monkeypatch.setattr(model, "itm_logits", lambda img, *a: torch.zeros(len(img), 2, device=img.device))
     assert model.itm_loss(embeds, atts, None, text, text_atts, None, None).device == meta
 
@@ -186,8 +186,8 @@ def _spy_negatives(monkeypatch):
     calls = []
     real = model_module.sample_hard_negatives
 
-    def spy(image_feat, text_feat, temp, idx=None):
-        out = real(image_feat, text_feat, temp, idx)
+    def spy(image_feat, text_feat, temp, idx=None, **kw):
+        out = real(image_feat, text_feat, temp, idx, **kw)
         calls.append((idx, *out))
         return out
 
