@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 from contextlib import contextmanager
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -162,7 +162,25 @@ def record_texts(record: Mapping) -> list[str]:
 
 # --- datasets ---------------------------------------------------------------------------------
 
-class ImageTextDataset(Dataset):
+class StoreRecords(Dataset):
+    """A map-style dataset over ``self.store`` keyed by index or ``(epoch, index)``:
+    subclasses implement ``_item(rec, ctx, epoch, index)``; a malformed record raises one
+    line naming store, record and field (:class:`_RecordContext`)."""
+
+    store: Any
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = _split_key(key)
+        rec = self.store[index]
+        ctx = _RecordContext(self.store, index, rec)
+        with ctx.guard(rec):
+            return self._item(rec, ctx, epoch, index)
+
+
+class ImageTextDataset(StoreRecords):
     """Image-caption pairs from a store (``image`` bytes + ``texts`` per record).
 
     ``jpeg_draft``: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still
@@ -189,16 +207,6 @@ class ImageTextDataset(Dataset):
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ConfigError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {crop_scale}")
 
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, key) -> dict:
-        epoch, index = _split_key(key)
-        rec = self.store[index]
-        ctx = _RecordContext(self.store, index, rec)
-        with ctx.guard(rec):
-            return self._item(rec, ctx, epoch, index)
-
     def _item(self, rec: Mapping, ctx: _RecordContext, epoch: int, index: int) -> dict:
         rng = sample_rng(self.seed, epoch, index)
         caption = _choose_caption(rec.get("texts"), self.langs, rng, ctx, "texts")
@@ -218,7 +226,7 @@ class ImageTextDataset(Dataset):
         return out
 
 
-class RegionTextDataset(Dataset):
+class RegionTextDataset(StoreRecords):
     """Region-caption rows from a store (``image`` + ``regions`` [+ ``texts``]).
 
     Follows the reference ``RegionTextJsonDataset`` (facts §2):
@@ -267,9 +275,6 @@ class RegionTextDataset(Dataset):
         self.jpeg_draft = bool(jpeg_draft)
         self.crop = bool(crop)
 
-    def __len__(self) -> int:
-        return len(self.store)
-
     def _caption(self, region: Mapping, rng: random.Random, ctx: _RecordContext, field: str) -> str:
         caption = _choose_caption(region.get("texts"), self.langs, rng, ctx, field)
         ctx.field = field.replace(".texts", ".attributes")
@@ -278,13 +283,6 @@ class RegionTextDataset(Dataset):
             attr = attrs if isinstance(attrs, str) else attrs[rng.randrange(len(attrs))]
             caption = f"{attr} {caption}"
         return caption
-
-    def __getitem__(self, key) -> dict:
-        epoch, index = _split_key(key)
-        rec = self.store[index]
-        ctx = _RecordContext(self.store, index, rec)
-        with ctx.guard(rec):
-            return self._item(rec, ctx, epoch, index)
 
     def _item(self, rec: Mapping, ctx: _RecordContext, epoch: int, index: int) -> dict:
         rng = sample_rng(self.seed, epoch, index)

@@ -15,10 +15,10 @@ from typing import Any, Mapping, Union
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from x2core.data.collate import collate_image_text
-from x2core.data.datasets import _RecordContext, _choose_caption, _encode_text, _open_store, _split_key
+from x2core.data.datasets import (StoreRecords, _RecordContext, _choose_caption, _encode_text,
+                                  _open_store)
 from x2core.data.seeding import sample_rng
 from x2core.errors import ConfigError, did_you_mean
 from x2core.data.text import TextProcessor
@@ -110,7 +110,7 @@ def load_video_tensor(record: Mapping, *, num_frames: int, sampler, image_res: i
     return torch.stack(out)
 
 
-class VideoTextDataset(Dataset):
+class VideoTextDataset(StoreRecords):
     """Video-caption pairs (``video`` or ``frames`` + ``texts`` per record).
 
     ``dataset[key]`` (an index or ``(epoch, index)``) returns ``{"video": (F, 3, R, R),
@@ -137,16 +137,6 @@ class VideoTextDataset(Dataset):
         self.seed = int(seed)
         self.crop_scale = tuple(crop_scale)
         self.langs = list(langs) if langs else None
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def __getitem__(self, key) -> dict:
-        epoch, index = _split_key(key)
-        rec = self.store[index]
-        ctx = _RecordContext(self.store, index, rec)
-        with ctx.guard(rec):
-            return self._item(rec, ctx, epoch, index)
 
     def _item(self, rec: Mapping, ctx: _RecordContext, epoch: int, index: int) -> dict:
         rng = sample_rng(self.seed, epoch, index, salt="video")
