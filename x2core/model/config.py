@@ -34,6 +34,10 @@ class VisionConfig:
     # values (MAE) that tell every patch its place from the first step; the latter
     # shortens the long plateau before a small model starts to ground boxes.
     abs_pos_init: Literal["trunc_normal", "sincos"] = "trunc_normal"
+    # How relative-position tables saved at another image size are resampled on load or
+    # by set_image_size: the reference's geometric-progression spline (what the official
+    # fine-tunes at 384/768 px started from), or plain bicubic on the uniform grid.
+    rel_pos_resize: Literal["reference", "bicubic"] = "reference"
     pretrained: Optional[str] = None  # local checkpoint path (BEiT-v2 state dict)
     options: dict[str, Any] = field(default_factory=dict)  # plugin-specific extras
 
@@ -105,9 +109,23 @@ class LossConfig:
     # constant-prediction loss (the demo's x2vlm-tiny: 800 steps at 0.637); the demo uses
     # 0.5. See x2core.model.losses.sample_hard_negatives.
     itm_uniform_negatives: float = 0.0
+    # Which rows of a region batch may be ITM negatives of each other (rows with an ``idx``,
+    # e.g. retrieval fine-tuning, always exclude equal ids, as the reference does).
+    # "reference": only the pair itself is excluded, so another region of the same image can
+    # be drawn as a negative (the reference calls get_matching_loss without idx): harder
+    # negatives, some of them false (a loose caption or the whole-image row often matches
+    # the other boxes of its image). "exclude_same_image": every row of the same image is
+    # excluded (no false negatives from one image). Default "exclude_same_image": it is what
+    # this project did before the option existed, so existing configs and resumed runs
+    # train as they did; the reference's rule is a side effect of its call, not a stated
+    # choice, so it is one setting away (recipes that mean to copy the reference set it).
+    itm_negatives: Literal["reference", "exclude_same_image"] = "exclude_same_image"
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
+        if self.itm_negatives not in ("reference", "exclude_same_image"):
+            raise ConfigError(f"config field '{p}itm_negatives' must be one of "
+                              f"['reference', 'exclude_same_image'], got {self.itm_negatives!r}")
         if not 0.0 <= self.itm_uniform_negatives <= 1.0:
             raise ConfigError(f"config field '{p}itm_uniform_negatives' must lie in [0, 1], "
                               f"got {self.itm_uniform_negatives}")

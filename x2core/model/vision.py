@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from x2core.model.attention import IMPLS, attention
 from x2core.errors import CheckpointError, ConfigError, InputError
 from x2core.model.config import VisionConfig
+from x2core.model.rel_pos_resize import resize_offsets_reference
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +80,32 @@ def grid_from_table_rows(rows: int) -> int:
     return (side + 1) // 2
 
 
-def resize_rel_pos_bias_table(table: torch.Tensor, old_grid: int, new_grid: int) -> torch.Tensor:
+RESIZE_MODES = ("reference", "bicubic")
+
+
+def resize_rel_pos_bias_table(table: torch.Tensor, old_grid: int, new_grid: int,
+                              mode: str = "reference") -> torch.Tensor:
     """Resize a ``((2g-1)²+3, H)`` relative-position table from grid ``old_grid`` to ``new_grid``.
 
-    The ``(2g-1) x (2g-1)`` offset part is resampled per head with bicubic
-    ``F.interpolate(align_corners=True)``; the 3 CLS rows are kept. Identity (the same
-    tensor) when the grids are equal.
+    The ``(2g-1) x (2g-1)`` offset part is resampled per head; the 3 CLS rows are kept.
+    Identity (the same tensor) when the grids are equal.
 
-    Why ``align_corners=True``: the table's samples sit at integer offsets
-    ``-(g-1) .. g-1``; with corners aligned the centre (offset 0) and the extreme
-    offsets map exactly onto the new centre and extremes, and no sample is
-    extrapolated past the border. The reference (BEiT's ``interpolate_pos_embed`` via
-    ``scipy.interpolate.interp2d``) instead places the old samples on a geometric
-    progression, which keeps offsets near 0 almost unchanged and stretches the far
-    ones; the two agree at the centre and the corners and differ by small amounts in
-    between. Fine-tuning at the new size adapts the tables either way; an official
-    checkpoint evaluated at the size it was saved at is never resized.
+    ``mode``:
+
+    * ``"reference"`` (default): the official code's procedure (BEiT's
+      ``interpolate_pos_embed``): old offsets placed on a geometric progression, a
+      not-a-knot bicubic spline through them, evaluated at the new integer offsets
+      (:mod:`x2core.model.rel_pos_resize`). Offsets near 0 keep their values and the
+      far ones are stretched, so a converted official checkpoint fine-tuned at 384 or
+      768 px starts from the weights the paper's fine-tuning started from.
+    * ``"bicubic"``: ``F.interpolate(mode="bicubic", align_corners=True)`` on the
+      uniform grid -- the centre and the extremes map exactly onto the new centre and
+      extremes and everything between is spaced evenly. Differs from the reference by
+      up to ~0.4 on smooth tables going 64 -> 96 px; fine-tuning adapts either way.
     """
+    if mode not in RESIZE_MODES:
+        raise ConfigError(f"relative-position resize mode must be one of {RESIZE_MODES}, "
+                          f"got {mode!r} (config field 'vision.rel_pos_resize')")
     if table.dim() != 2 or table.shape[0] != num_relative_distances(old_grid):
         raise InputError(f"table of shape {tuple(table.shape)} is not a relative-position "
                          f"table for a {old_grid}x{old_grid} grid "
@@ -107,13 +117,16 @@ def resize_rel_pos_bias_table(table: torch.Tensor, old_grid: int, new_grid: int)
     old_side, new_side = 2 * old_grid - 1, 2 * new_grid - 1
     heads = table.shape[1]
     main, extra = table[:-_EXTRA], table[-_EXTRA:]
-    # (side², H) -> (1, H, side, side): interpolate in float32 (bicubic has no bf16 CPU kernel
-    # everywhere, and the bias values are small).
-    grid = main.float().T.reshape(1, heads, old_side, old_side)
-    if old_side == 1:  # a 1x1 grid has a single offset; bicubic needs no neighbours
-        resized = grid.expand(1, heads, new_side, new_side)
+    # (side², H) -> (H, side, side), rows = vertical offset, columns = horizontal.
+    # float32 at least: bicubic has no bf16 CPU kernel everywhere, and the bias values are small.
+    grid = main.float().T.reshape(heads, old_side, old_side)
+    if mode == "reference":
+        resized = resize_offsets_reference(grid, new_side)
+    elif old_side == 1:  # a 1x1 grid has a single offset; bicubic needs no neighbours
+        resized = grid.expand(heads, new_side, new_side)
     else:
-        resized = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=True)
+        resized = F.interpolate(grid[None], size=(new_side, new_side), mode="bicubic",
+                                align_corners=True)[0]
     main = resized.reshape(heads, new_side * new_side).T.to(table.dtype)
     return torch.cat([main, extra], dim=0)
 
@@ -194,10 +207,12 @@ class Mlp(nn.Module):
 class _RelPosAttention(nn.Module):
     """Self-attention with q/v biases and a per-block relative position bias."""
 
-    def __init__(self, width: int, num_heads: int, grid: int, impl: str):
+    def __init__(self, width: int, num_heads: int, grid: int, impl: str,
+                 resize_mode: str = "reference"):
         super().__init__()
         self.num_heads = num_heads
         self.impl = impl
+        self.resize_mode = resize_mode  # how a table saved at another grid is resampled
         self.grid = grid
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(width))
@@ -221,7 +236,7 @@ class _RelPosAttention(nn.Module):
             return
         table = self.relative_position_bias_table
         with torch.no_grad():
-            new = resize_rel_pos_bias_table(table.detach(), self.grid, grid)
+            new = resize_rel_pos_bias_table(table.detach(), self.grid, grid, self.resize_mode)
         self.relative_position_bias_table = nn.Parameter(new, requires_grad=table.requires_grad)
         self.relative_position_index = relative_position_index(grid).to(table.device)
         self.grid = grid
@@ -235,7 +250,7 @@ class _RelPosAttention(nn.Module):
         if isinstance(table, torch.Tensor) and table.dim() == 2 \
                 and table.shape[0] != self.relative_position_bias_table.shape[0]:
             old_grid = grid_from_table_rows(table.shape[0])
-            state_dict[key] = resize_rel_pos_bias_table(table, old_grid, self.grid)
+            state_dict[key] = resize_rel_pos_bias_table(table, old_grid, self.grid, self.resize_mode)
         state_dict[prefix + "relative_position_index"] = self.relative_position_index
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -255,10 +270,10 @@ class Block(nn.Module):
     """Pre-norm transformer block with LayerScale and drop-path."""
 
     def __init__(self, width: int, num_heads: int, mlp_ratio: float, grid: int, drop_path: float,
-                 init_values: float, eps: float, impl: str):
+                 init_values: float, eps: float, impl: str, resize_mode: str = "reference"):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=eps)
-        self.attn = _RelPosAttention(width, num_heads, grid, impl)
+        self.attn = _RelPosAttention(width, num_heads, grid, impl, resize_mode)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = Mlp(width, int(width * mlp_ratio))
@@ -316,7 +331,7 @@ class VisionTransformer(nn.Module):
         rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist() if config.depth else []
         self.blocks = nn.ModuleList(
             Block(config.width, config.num_heads, config.mlp_ratio, self.grid_size, rate,
-                  config.init_values, config.layer_norm_eps, config.attn_impl)
+                  config.init_values, config.layer_norm_eps, config.attn_impl, config.rel_pos_resize)
             for rate in rates)
         self.fc_norm = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self._init_weights()
