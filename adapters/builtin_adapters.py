@@ -8,7 +8,7 @@ name                factory
 ==================  =================================================================
 lora                ``(model, spec: LoraSpec, freeze="all") -> adapted layer names``
 reference-x2vlm     ``(checkpoint, out=None, **kw) -> (X2VLM, ConversionReport)`` (official X²-VLM)
-reference-xvlm      same for X-VLM files (Swin vision encoders are refused)
+reference-xvlm      same for X-VLM files (Swin, CLIP-ViT, DeiT vision encoders refused)
 hf-bert-init        ``(bert_dir, model="x2vlm-base", **overrides) -> X2VLM`` (X²-VLM init rule)
 model-dir           ``(directory, **overrides) -> X2VLM`` (our save_pretrained format)
 xlmr-swap           ``(source, xlmr, out=None, **kw) -> (X2VLM, SwapReport)`` (the CCLM XLM-R swap)
@@ -60,7 +60,8 @@ def x2vlm_register_adapters(register):
              description="official X²-VLM checkpoint (BEiT-v2 + BERT-18 / XLM-R + cross encoder) "
                          "-> X2VLM", kind="converter", converts_from="x2vlm")
     register("reference-xvlm", reference_xvlm,
-             description="official X-VLM checkpoint -> X2VLM (Swin vision encoders refused)",
+             description="official X-VLM checkpoint -> X2VLM (Swin, CLIP-ViT and DeiT vision "
+                         "encoders refused)",
              kind="converter", converts_from="xvlm")
     register("hf-bert-init", hf_bert_init,
              description="X2VLM from a local HF BERT directory: BERT top layers copied into the "

@@ -21,17 +21,22 @@ multilingual: ``text_encoder.*`` (XLM-R, no ``roberta.``),    ``text_encoder.mod
 ``cross_encoder.encoder.layer.{i}.*``,                        ``fusion_encoder.layer.{i}.*``,
 ``mlm_head.predictions.*`` (BERT layout)                      ``mlm_head.{dense,layer_norm,bias}`` (XLM-R
                                                               head layout)
+``absolute_frame_pos_embed`` (video models)                   ``video_pooling.frame_pos_embed`` (resized to
+                                                              the model's frame count)
 ============================================================  ============================================
 
 ``F`` (where fusion starts) is the first layer that has ``crossattention`` weights: 12
 for X²-VLM (18-layer BERT), 6 for X-VLM. Every key is accounted for in a
 :class:`ConversionReport`: mapped, ignored (derived buffers, aliases, an unused
 pooler, each with its reason), unmapped (no counterpart here, with the reason, e.g.
-the video frame embedding) and missing (our keys the file does not provide). A
+a VQA answer decoder) and missing (our keys the file does not provide). A
 partial load is refused unless ``allow_partial=True``.
 
-Not supported: X-VLM's Swin-B vision encoder (``vision_encoder.layers.*``) and its
-CLIP/DeiT options — refused with a clear message; x2vlm ships BEiT-v2 only.
+Not supported: X-VLM's other vision encoders, each refused with one line naming it
+(:data:`UNSUPPORTED_VISION_ENCODERS`): Swin-B (``vision_encoder.layers.*``), CLIP-ViT
+(``vision_encoder.encoder.layers.*``, ``class_embedding``, ``pos_embed.weight``) and DeiT
+(``vision_encoder.blocks.*`` + ``pos_embed`` without relative-position tables); x2vlm
+ships BEiT-v2 only.
 
 Writing (:func:`to_reference_state_dict`): our model under the reference names and
 shapes (English models: one 18-layer-style BERT stack; XLM-R models: the
@@ -45,7 +50,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -53,7 +58,7 @@ from x2core.errors import CheckpointError, ConfigError
 
 __all__ = ["ConversionReport", "read_reference_checkpoint", "detect_layout", "map_reference_state_dict",
            "infer_model_config", "convert_reference_checkpoint", "to_reference_state_dict",
-           "reference_config", "REFERENCE_KEY_PATTERNS"]
+           "reference_config", "REFERENCE_KEY_PATTERNS", "UNSUPPORTED_VISION_ENCODERS"]
 
 _CONTAINERS = ("model", "module", "state_dict", "model_state")
 _HEADS = ("vision_proj.", "text_proj.", "itm_head.", "bbox_head.")
@@ -206,21 +211,54 @@ def _layer_indices(sd: Mapping[str, Any], prefix: str) -> dict[int, set[str]]:
     return out
 
 
-def detect_layout(sd: Mapping[str, torch.Tensor], source: str = "x2vlm") -> _Layout:
-    """Which reference layout a state dict has; refuses vision encoders we do not have."""
-    if any(k.startswith("vision_encoder.layers.") for k in sd):
+@dataclass(frozen=True)
+class _VisionVariant:
+    """A vision encoder X-VLM offers and x2vlm does not implement, told apart by its keys."""
+
+    name: str                                   # as the refusal names it
+    keys: str                                   # the giveaway keys, quoted in the refusal
+    matches: Callable[[frozenset[str]], bool]   # keys under ``vision_encoder.`` -> is it this one?
+
+
+def _has_prefix(keys: frozenset[str], *prefixes: str) -> bool:
+    return any(k.startswith(prefixes) for k in keys)
+
+
+# X-VLM's models/xvlm.py builds one of three vision encoders; none is X²-VLM's BEiT-v2,
+# whose keys are ``blocks.*`` WITH relative-position tables (per block, or one shared
+# ``rel_pos_bias.*`` table) - which is why DeiT is recognised by the tables' absence.
+_UNSUPPORTED_VISION: tuple[_VisionVariant, ...] = (
+    _VisionVariant("Swin Transformer", "vision_encoder.layers.*",
+                   lambda keys: _has_prefix(keys, "layers.")),
+    _VisionVariant("CLIP-ViT", "vision_encoder.encoder.layers.*, class_embedding, pos_embed.weight",
+                   lambda keys: _has_prefix(keys, "encoder.layers.", "transformer.")
+                   or bool(keys & {"class_embedding", "embeddings.class_embedding"})),
+    _VisionVariant("DeiT", "vision_encoder.blocks.* with vision_encoder.pos_embed and no "
+                           "relative_position_bias_table",
+                   lambda keys: _has_prefix(keys, "blocks.") and "pos_embed" in keys
+                   and not any("relative_position_bias_table" in k for k in keys)),
+)
+UNSUPPORTED_VISION_ENCODERS: tuple[str, ...] = tuple(v.name for v in _UNSUPPORTED_VISION)
+
+
+def _refuse_unsupported_vision(sd: Mapping[str, Any], name: str) -> None:
+    """One line naming the file and the X-VLM vision variant, if ``sd`` holds one."""
+    keys = frozenset(k[len("vision_encoder."):] for k in sd if k.startswith("vision_encoder."))
+    variant = next((v for v in _UNSUPPORTED_VISION if v.matches(keys)), None)
+    if variant is not None:
         raise CheckpointError(
-            "this is an X-VLM checkpoint with a Swin Transformer vision encoder "
-            "('vision_encoder.layers.*'); x2vlm implements the BEiT-v2 vision encoder of X²-VLM "
-            "only, so Swin checkpoints cannot be converted (use an X²-VLM checkpoint, or add a "
-            "Swin vision-encoder plugin)")
+            f"{name}: this is an X-VLM checkpoint with a {variant.name} vision encoder (keys "
+            f"{variant.keys}); x2vlm converts X²-VLM (BEiT-v2) checkpoints only, so it cannot be "
+            f"converted (use an X²-VLM checkpoint, or add a {variant.name} vision-encoder plugin)")
+
+
+def detect_layout(sd: Mapping[str, torch.Tensor], source: str = "x2vlm",
+                  name: str = "checkpoint") -> _Layout:
+    """Which reference layout a state dict has; refuses vision encoders we do not have
+    (``name``, the file, starts the refusal)."""
+    _refuse_unsupported_vision(sd, name)
     if not any(k.startswith("vision_encoder.blocks.") for k in sd):
-        kind = ("CLIP ViT" if any(k.startswith("vision_encoder.transformer.") for k in sd) else
-                "DeiT/ViT with absolute positions" if "vision_encoder.pos_embed" in sd else None)
-        if kind:
-            raise CheckpointError(f"the checkpoint's vision encoder is a {kind}; x2vlm converts "
-                                  "BEiT-v2 vision encoders only")
-        raise CheckpointError("no BEiT-v2 vision encoder in the checkpoint (no "
+        raise CheckpointError(f"{name}: no BEiT-v2 vision encoder in the checkpoint (no "
                               "'vision_encoder.blocks.*' keys); is it an X²-VLM checkpoint? "
                               f"first keys: {', '.join(list(sd)[:5])}")
     if any(k.startswith("cross_encoder.") for k in sd):
@@ -525,7 +563,7 @@ def convert_reference_checkpoint(checkpoint: str | os.PathLike | Mapping, *, sou
 
     Args:
         checkpoint: a file path, or an already loaded ``{'model': sd}`` / state dict.
-        source: ``"x2vlm"`` or ``"xvlm"`` (X-VLM: Swin checkpoints are refused).
+        source: ``"x2vlm"`` or ``"xvlm"`` (X-VLM: Swin, CLIP-ViT and DeiT checkpoints are refused).
         model / config: the architecture to build (a named model / a ModelConfig dict,
             JSON string or file); checked against the sizes in the checkpoint. Without
             either, every size is inferred from the tensors.
@@ -550,7 +588,7 @@ def convert_reference_checkpoint(checkpoint: str | os.PathLike | Mapping, *, sou
     else:
         name = str(checkpoint)
         sd, _ = read_reference_checkpoint(checkpoint)
-    layout = detect_layout(sd, source)
+    layout = detect_layout(sd, source, name)
     report = ConversionReport(source=name, layout=layout.name, fusion_start=layout.fusion_start)
     if source == "xvlm":
         report.notes.append("X-VLM text stack: layers before the first cross-attention layer are "

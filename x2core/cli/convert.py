@@ -14,8 +14,10 @@ fusion start is read from the checkpoint: the first layer with cross-attention);
 text_encoder.cls.predictions -> the MLM head; BEiT-v2 relative-position tables are
 interpolated when --image-size differs; fine-tuned (no 'bert.' prefix) and
 multilingual (XLM-R text_encoder + cross_encoder + mlm_head) layouts are recognised.
-absolute_frame_pos_embed -> the video frame table (an image-only checkpoint converts
-to a model without one). Not supported: X-VLM's Swin vision encoder (refused).
+absolute_frame_pos_embed -> the video frame table (resized to the model's frame
+count; an image-only checkpoint converts to a model without one).
+Not supported (refused with one line naming the variant): X-VLM's Swin Transformer,
+CLIP-ViT and DeiT vision encoders; only X²-VLM's BEiT-v2 encoder is implemented.
 
 Sizes are inferred from the tensors (attention heads of text/fusion are assumed to
 be width/64) unless --model or --config names the architecture, which is then
