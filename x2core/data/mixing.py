@@ -1,7 +1,9 @@
 """Stream mixing: :class:`MixedLoader` interleaves several streams (images, regions,
 videos) at configured ratios, one ``torch.utils.data.DataLoader`` per stream over an
 :class:`EpochBatchSampler`, deterministic under a seed and resumable to the exact next
-batch (restart each stream's sampler at the saved (epoch, batch) position)."""
+batch (restart each stream's sampler at the saved (epoch, batch) position). A stream
+may have a clean auxiliary stream that takes its place on a share of the steps (the
+reference's ``aux_iter_perc``)."""
 from __future__ import annotations
 
 import random
@@ -17,6 +19,27 @@ from x2core.errors import ConfigError, X2Error
 __all__ = ["StreamSpec", "MixedLoader", "EpochBatchSampler"]
 
 # --- sampling and mixing ----------------------------------------------------------------------
+
+def _check_aux(streams: Mapping[str, "StreamSpec"]) -> dict[str, str]:
+    """``{aux stream: the stream it stands in for}``; refuses a tangled aux layout."""
+    aux_of: dict[str, str] = {}
+    for name, spec in streams.items():
+        if spec.aux is None:
+            continue
+        if not 0.0 <= float(spec.aux_iter_perc) <= 1.0:
+            raise ConfigError(f"stream '{name}': aux_iter_perc must be in [0, 1], got {spec.aux_iter_perc}")
+        if spec.aux == name or spec.aux not in streams:
+            raise ConfigError(f"stream '{name}': aux stream '{spec.aux}' is not another stream of the "
+                              f"loader (streams: {', '.join(streams)})")
+        if spec.aux in aux_of:
+            raise ConfigError(f"stream '{spec.aux}' is the aux stream of both '{aux_of[spec.aux]}' "
+                              f"and '{name}'")
+        aux_of[spec.aux] = name
+    for aux, name in aux_of.items():
+        if streams[aux].aux is not None:
+            raise ConfigError(f"stream '{aux}' is the aux stream of '{name}' and cannot have one itself")
+    return aux_of
+
 
 class EpochBatchSampler:
     """Infinite batches of ``(epoch, index)`` keys for one stream on one rank.
@@ -65,6 +88,10 @@ class StreamSpec:
 
     ``ratio``: probability that the stream contributes a batch on a step (1 = always).
     ``prefetch_factor``: batches each worker prepares ahead (DataLoader default when None).
+    ``aux``: the name of another stream of the loader, its clean auxiliary data; on a
+    step this stream contributes, with probability ``aux_iter_perc`` the batch comes
+    from ``aux`` instead (yielded under this stream's name). The aux stream is never
+    yielded under its own name.
     """
     dataset: Dataset
     batch_size: int
@@ -72,6 +99,8 @@ class StreamSpec:
     num_workers: int = 0
     ratio: float = 1.0
     prefetch_factor: int | None = None
+    aux: str | None = None
+    aux_iter_perc: float = 0.0
 
 
 class MixedLoader:
@@ -83,6 +112,13 @@ class MixedLoader:
     ``state_dict``/``load_state_dict`` save and restore every stream's (epoch, batch)
     and the step, so a resumed loader produces exactly the batches the uninterrupted
     one would have.
+
+    A stream with an ``aux`` stream takes its batch from there on the steps where
+    :meth:`from_aux` says so, decided from ``(seed, step, name)`` like presence (the
+    same on every rank). Unlike the reference, whose noisy loader still advances (its
+    batch is thrown away; its own comment calls that a loss of noisy data), the noisy
+    stream does not advance on those steps: each stream advances only on the steps it
+    supplies, so nothing is loaded in vain and resuming needs no extra state.
     """
 
     def __init__(self, streams: Mapping[str, StreamSpec], *, seed: int, rank: int = 0,
@@ -96,6 +132,7 @@ class MixedLoader:
                 raise ConfigError(f"stream '{name}': batch_size must be >= 1, got {spec.batch_size}")
             if spec.num_workers < 0:
                 raise ConfigError(f"stream '{name}': num_workers must be >= 0")
+        self._aux_of = _check_aux(streams)
         self.streams = dict(streams)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
@@ -137,23 +174,39 @@ class MixedLoader:
             return True
         return random.Random(derive_seed("present", self.seed, step, name)).random() < ratio
 
+    def from_aux(self, name: str, step: int) -> bool:
+        """Whether stream ``name``'s batch of ``step`` (if present) comes from its aux stream."""
+        spec = self.streams[name]
+        if spec.aux is None or spec.aux_iter_perc <= 0.0:
+            return False
+        if spec.aux_iter_perc >= 1.0:
+            return True
+        return random.Random(derive_seed("aux", self.seed, step, name)).random() < spec.aux_iter_perc
+
     def __iter__(self) -> "MixedLoader":
         return self
+
+    def _next_batch(self, source: str):
+        it = self._iters.get(source)
+        if it is None:  # (no `or`: truthiness would ask the iterator for its length)
+            it = self._start(source)
+        batch = next(it)
+        pos = self._pos[source]
+        pos[1] += 1
+        if pos[1] >= self._nb[source]:
+            pos[0], pos[1] = pos[0] + 1, 0
+        return batch
 
     def __next__(self) -> dict[str, dict | None]:
         out: dict[str, dict | None] = {}
         for name in self.streams:
+            if name in self._aux_of:  # an aux stream only stands in for its noisy stream
+                continue
             if not self.present(name, self.step):
                 out[name] = None
                 continue
-            it = self._iters.get(name)
-            if it is None:  # (no `or`: truthiness would ask the iterator for its length)
-                it = self._start(name)
-            out[name] = next(it)
-            pos = self._pos[name]
-            pos[1] += 1
-            if pos[1] >= self._nb[name]:
-                pos[0], pos[1] = pos[0] + 1, 0
+            source = self.streams[name].aux if self.from_aux(name, self.step) else name
+            out[name] = self._next_batch(source)
         self.step += 1
         return out
 

@@ -87,24 +87,43 @@ def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tens
     return (loss_i2t + loss_t2i) / 2
 
 
-def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
+ITM_NEGATIVES = ("reference", "exclude_same_image")  # LossConfig.itm_negatives
+
+
+def itm_negative_groups(idx: torch.Tensor | None, idx_to_group_img: torch.Tensor | None,
+                        rule: str = "exclude_same_image") -> torch.Tensor | None:
+    """The ``(B,)`` ids whose equal rows may not be each other's ITM negatives, or ``None``
+    for the pair itself only (``LossConfig.itm_negatives``).
+
+    * ``idx`` given (image ids, e.g. retrieval fine-tuning): ``idx``, under either rule,
+      as the reference's matching loss does with an idx.
+    * region rows (``idx_to_group_img``, no ``idx``): ``rule="reference"`` -> ``None``: the
+      reference calls its matching loss without idx, so another box (or the whole-image
+      row) of the same image can be drawn: harder negatives, some of them false (a loose
+      caption matches several boxes of its image). ``"exclude_same_image"`` -> the image
+      of each row: no negative ever comes from the row's own image.
+    """
+    if rule not in ITM_NEGATIVES:
+        raise InputError(f"itm_negatives must be one of {list(ITM_NEGATIVES)}, got {rule!r}")
+    if idx is not None:
+        return idx
+    return idx_to_group_img if rule == "exclude_same_image" else None
+
+
+def hard_negative_weights(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
                           idx: torch.Tensor | None = None, uniform_mix: float = 0.0
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each text an image, and for each image a text, that is a hard negative.
+    """The unnormalised sampling weights of :func:`sample_hard_negatives`.
 
-    Negatives are drawn from ``softmax(sim / temp) + 1e-5`` over the local batch (the
-    reference), with the positive pair (and every row sharing its ``idx``, e.g. other
-    regions of the same image) given weight zero.
-
-    ``uniform_mix`` (not in the reference; 0 reproduces it exactly) draws from
+    ``softmax(sim / temp) + 1e-5`` over the local batch (the reference), with the
+    positive pair (and every row sharing its ``idx``, see :func:`itm_negative_groups`)
+    set to zero. ``uniform_mix`` (not in the reference; 0 reproduces it exactly) uses
     ``(1 - uniform_mix) * softmax(sim / temp) + uniform_mix / B + 1e-5`` instead: that
     share of the negatives is an ordinary in-batch row rather than ITC's nearest one.
-    A from-scratch fusion encoder needs those easy contrasts to leave ITM's constant
-    prediction: against ITC's hardest rows alone it stays there (see ``LossConfig``).
 
     Returns:
-        ``(neg_image_for_text (B,), neg_text_for_image (B,))`` row indices; -1 where
-        no negative exists (a batch of one image).
+        ``(w_t2i (B, B), w_i2t (B, B))`` float32: row t of ``w_t2i`` weighs the images
+        that may be text t's negative, row i of ``w_i2t`` the texts of image i.
     """
     # no_grad in the body rather than as a decorator: the mutation run skips decorated functions
     with torch.no_grad():
@@ -126,6 +145,26 @@ def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
                 else idx.view(-1, 1) == idx.view(1, -1))
         w_i2t.masked_fill_(same, 0)
         w_t2i.masked_fill_(same, 0)
+        return w_t2i, w_i2t
+
+
+def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
+                          idx: torch.Tensor | None = None, uniform_mix: float = 0.0
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each text an image, and for each image a text, that is a hard negative.
+
+    Drawn from :func:`hard_negative_weights` (``softmax(sim / temp) + 1e-5`` over the
+    local batch, zero on the pair itself and on every row sharing its ``idx``; with
+    ``uniform_mix`` part of them uniform). A from-scratch fusion encoder needs the
+    uniform share's easy contrasts to leave ITM's constant prediction: against ITC's
+    hardest rows alone it stays there (see ``LossConfig``).
+
+    Returns:
+        ``(neg_image_for_text (B,), neg_text_for_image (B,))`` row indices; -1 where
+        no negative exists (a batch of one image).
+    """
+    with torch.no_grad():
+        w_t2i, w_i2t = hard_negative_weights(image_feat, text_feat, temp, idx, uniform_mix)
         valid_t = w_t2i.sum(1) > 0
         valid_i = w_i2t.sum(1) > 0
         # multinomial refuses all-zero rows; give them a dummy weight and mark them -1.

@@ -25,7 +25,8 @@ from torch import nn
 from x2core.model.boxes import pool_regions
 from x2core.errors import InputError
 from x2core.model.fusion import FusionEncoder
-from x2core.model.losses import bbox_losses, itc_loss, mlm_loss, sample_hard_negatives
+from x2core.model.losses import (bbox_losses, itc_loss, itm_negative_groups, mlm_loss,
+                                 sample_hard_negatives)
 from x2core.model.config import ModelConfig
 from x2core.model.video import VideoPooling
 
@@ -203,7 +204,9 @@ class X2VLM(nn.Module):
         return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
 
     def fuse(self, image_embeds, image_atts, text_embeds, text_atts) -> torch.Tensor:
-        """Cross-modal encoding: ``(B, L, d_text)`` text + ``(B, T, D)`` vision -> ``(B, L, d)``."""
+        """Cross-modal encoding: ``(B, L, d_text)`` text + ``(B, T, D)`` vision -> ``(B, L, d)``.
+        ``image_embeds`` may instead be the vision tokens' cross-attention keys/values,
+        projected once per image (``self.fusion_encoder.image_kv(embeds).rows(index)``)."""
         return self.fusion_encoder(self.text_adapter(text_embeds), text_atts, image_embeds, image_atts)
 
     def predict_bbox(self, full_image_embeds, text_embeds, text_atts) -> torch.Tensor:
@@ -213,16 +216,20 @@ class X2VLM(nn.Module):
         return self.bbox_head(cls).sigmoid()
 
     def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts) -> torch.Tensor:
-        """``(B, 2)`` match logits for paired rows (index 1 = match)."""
+        """``(B, 2)`` match logits for paired rows (index 1 = match); ``image_embeds`` as in
+        :meth:`fuse` (tokens or their cached keys/values)."""
         return self.itm_head(self.fuse(image_embeds, image_atts, text_embeds, text_atts)[:, 0])
 
     # --- pretraining ------------------------------------------------------------------
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Mapping[str, torch.Tensor], *, itm: bool = True) -> dict[str, torch.Tensor]:
         """Pretraining losses for an image, a region or a video batch.
 
         Returns a dict of scalar losses: ``itc``, ``itm``, ``mlm`` and, for region
         batches with ``target_bbox``, ``bbox`` and ``giou``; plus ``loss``, their
-        weighted sum (weights from ``config.loss``).
+        weighted sum (weights from ``config.loss``). ``itm=False`` leaves the matching
+        loss out, its fusion forward included (the reference's ``ret_match_loss=False``:
+        after ``stop_calc_itm`` steps, and on noisy batches that have clean aux data).
+        ITM negatives of region rows follow ``config.loss.itm_negatives``.
         """
         visual = "video" if "video" in batch else "image"
         for key in (visual, "text_ids", "text_atts"):
@@ -246,8 +253,8 @@ class X2VLM(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         if weights.itc:
             losses["itc"] = itc_loss(image_feat, text_feat, temp, batch.get("idx"))
-        if weights.itm:
-            group = batch.get("idx", idx_to_group_img)
+        if weights.itm and itm:
+            group = itm_negative_groups(batch.get("idx"), idx_to_group_img, weights.itm_negatives)
             losses["itm"] = self.itm_loss(image_embeds, image_atts, image_feat,
                                            text_embeds, text_atts, text_feat, temp, group)
         if weights.mlm and "masked_ids" in batch:
@@ -263,7 +270,8 @@ class X2VLM(nn.Module):
                  temp, group=None) -> torch.Tensor:
         """ITM cross-entropy on the positives plus one hard negative per text and per image
         (sampled from ITC similarity, mixed with uniform draws by
-        ``config.loss.itm_uniform_negatives``; rows sharing ``group`` are never negatives)."""
+        ``config.loss.itm_uniform_negatives``; rows sharing ``group`` are never negatives,
+        see :func:`~x2core.model.losses.itm_negative_groups`)."""
         neg_img, neg_txt = sample_hard_negatives(image_feat, text_feat, temp, group,
                                                  uniform_mix=self.config.loss.itm_uniform_negatives)
         # rows: positives | (text, hard-negative image) | (image, hard-negative text).

@@ -27,27 +27,31 @@ from x2core.train.optim import build_optimizer, build_scheduler
 from x2core.train.runtime import NonFiniteLossError, TrainState, seed_everything
 
 # NonFiniteLossError, TrainState and seed_everything live in the runtime; importable here too.
-__all__ = ["NonFiniteLossError", "PretrainStep", "TrainState", "seed_everything", "train"]
+__all__ = ["NonFiniteLossError", "PretrainStep", "TrainState", "itm_this_batch", "seed_everything",
+           "train"]
 
 
 class PretrainStep(nn.Module):
     """One forward over every stream's batch; the weighted sum is the step's loss.
 
     DDP needs a single forward call per backward, so the streams of a step (image,
-    region, video) go through this wrapper together.
+    region, video) go through this wrapper together. ``itm`` (set by the loop before
+    each micro-batch, see :func:`itm_this_batch`): False leaves the matching loss out
+    of every stream's forward.
     """
 
     def __init__(self, model: nn.Module, weights: dict[str, float]):
         super().__init__()
         self.model = model
         self.weights = weights
+        self.itm = True
 
     def forward(self, batches: dict[str, dict | None]) -> dict[str, torch.Tensor]:
         total, out = None, {}
         for name, batch in batches.items():
             if batch is None:
                 continue
-            losses = self.model(batch)
+            losses = self.model(batch, itm=self.itm)
             weighted = self.weights.get(name, 1.0) * losses["loss"]
             total = weighted if total is None else total + weighted
             out.update({f"{name}/{k}": v.detach() for k, v in losses.items() if k != "loss"})
@@ -55,6 +59,21 @@ class PretrainStep(nn.Module):
             raise X2Error("the data mix produced an empty step (no stream gave a batch)")
         out["loss"] = total
         return out
+
+
+def itm_this_batch(cfg: TrainConfig, step: int, loader, loader_step: int,
+                   batches: dict[str, dict | None]) -> bool:
+    """Whether the micro-batch yielded at ``loader_step``, part of optimizer step ``step``
+    (zero-based: updates done before it), computes ITM: the reference's ``ret_match_loss``.
+
+    False from ``cfg.stop_calc_itm`` updates on (the reference: ``global_step <
+    stop_calc_itm``), and on a micro-batch whose noisy stream (``cfg.aux`` with
+    ``itm_on_noisy: false``) kept its own batch instead of the clean one.
+    """
+    if cfg.stop_calc_itm and step >= cfg.stop_calc_itm:
+        return False
+    return not any(not aux.itm_on_noisy and batches.get(noisy) is not None
+                   and not loader.from_aux(noisy, loader_step) for noisy, aux in cfg.aux.items())
 
 
 def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int | None = None,
@@ -90,10 +109,14 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
     # DDP must be told when some parameters can miss a step's graph: the bbox head
     # without a region stream, the frame table / temporal layers without a video
     # stream, or any stream that skips steps (ratio < 1).
+    # Steps without ITM (stop_calc_itm, noisy batches) leave the ITM head without a gradient.
     sometimes_absent = any(s.ratio < 1.0 for s in cfg.data.values())
+    sometimes_no_itm = bool(cfg.stop_calc_itm) or any(not a.itm_on_noisy for a in cfg.aux.values())
     video_params = any(True for _ in model.video_pooling.parameters())
-    find_unused = not has_regions or (video_params and not has_video) or sometimes_absent
-    wrapped = runtime.wrap(PretrainStep(model, weights), info, cfg, find_unused=find_unused)
+    find_unused = (not has_regions or (video_params and not has_video) or sometimes_absent
+                   or sometimes_no_itm)
+    step_module = PretrainStep(model, weights)
+    wrapped = runtime.wrap(step_module, info, cfg, find_unused=find_unused)
     optimizer = build_optimizer(model, cfg.optim, info.device, new_params)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.schedule)
     state = TrainState(cfg, model, optimizer, scheduler, loader, info, output_dir=out_dir)
@@ -127,7 +150,9 @@ def train(cfg: TrainConfig, *, resume: str | bool | None = None, stop_after: int
     model.train()
     while state.step < cfg.steps:
         for micro in range(cfg.grad_accum):
+            loader_step = loader.step
             batches = move_to(next(loader), info.device)
+            step_module.itm = itm_this_batch(cfg, state.step, loader, loader_step, batches)
             reporter.count(sum(_rows(b) for b in batches.values() if b is not None) * info.world_size)
             stepper.backward(batches, last=micro == cfg.grad_accum - 1)
         metrics = stepper.update()

@@ -6,6 +6,10 @@ Each entry of ``cfg.data`` names one store made by ``x2vlm pack`` and its kind:
 * ``region`` -- boxes with their own captions (adds the bbox losses);
 * ``video``  -- video-text, through a frame-sampler plugin.
 
+A stream named in ``cfg.aux`` takes its batch from its clean aux stream on a share of
+the steps (:class:`~x2core.data.mixing.MixedLoader`); the aux stream is not mixed in
+on its own.
+
 The stream's dataset is built from the model's own tokenizer and image size, so a
 config never repeats what the model already knows.
 """
@@ -92,4 +96,6 @@ def build_streams(cfg: TrainConfig, model: Any, info: DistInfo):
             raise ConfigError(f"config field 'data.{name}': the store has {len(ds)} records, fewer than one "
                               f"step needs ({per_step} per rank x {info.world_size} ranks)")
         specs[name] = StreamSpec(ds, per_step, collate, num_workers=stream.num_workers, ratio=stream.ratio)
+    for noisy, aux in cfg.aux.items():  # clean data standing in for a noisy stream
+        specs[noisy].aux, specs[noisy].aux_iter_perc = aux.stream, aux.iter_perc
     return MixedLoader(specs, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
