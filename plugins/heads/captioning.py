@@ -42,6 +42,8 @@ class CaptioningOptions:
 
 class CaptioningHead(HeadBase):
     name = "captioning"
+    # best.pt by BLEU-4 + CIDEr (as their mean), as Captioning_MLM.py picks on test
+    default_best_metric = ("bleu4", "cider")
     Options = CaptioningOptions
     train_fields = ("image", "texts")
     eval_fields = ("image",)

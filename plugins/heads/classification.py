@@ -35,6 +35,9 @@ class ClassificationOptions:
 
 class ClassificationHead(HeadBase):
     name = "classification"
+    # best.pt by accuracy (the reference has no classification script; its NLVR/VQA_msrvtt
+    # classification tasks pick by accuracy)
+    default_best_metric = "acc"
     Options = ClassificationOptions
     train_fields = ("image", "label")
     eval_fields = ("image", "label")

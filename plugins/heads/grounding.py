@@ -36,6 +36,8 @@ class GroundingOptions:
 
 class GroundingHead(HeadBase):
     name = "grounding"
+    # best.pt by the val split's Acc@0.5, as Grounding_bbox.py picks by val_d
+    default_best_metric = "val/acc_iou50"
     Options = GroundingOptions
     train_fields = ("image", "regions", "regions.bbox")
     eval_fields = ("image", "regions", "regions.bbox")

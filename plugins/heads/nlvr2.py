@@ -27,6 +27,8 @@ class Nlvr2Options:
 
 class Nlvr2Head(HeadBase):
     name = "nlvr2"
+    # best.pt by accuracy averaged over the evaluated splits: NLVR.py's (val + test) / 2
+    default_best_metric = "acc"
     Options = Nlvr2Options
     train_fields = ("images", "texts", "label")
     eval_fields = ("images", "texts")

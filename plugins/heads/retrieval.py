@@ -48,6 +48,9 @@ class RetrievalOptions:
 
 class RetrievalHead(HeadBase):
     name = "retrieval"
+    # best.pt by the mean of R@1/5/10 both ways, as Retrieval.py picks by r_mean (on
+    # test; Retrieval.py's --pick_best_r1 is best_metric=[tr_r1,ir_r1]); video-retrieval too
+    default_best_metric = "r_mean"
     Options = RetrievalOptions
     train_fields = ("image", "texts")
     eval_fields = ("image", "texts")

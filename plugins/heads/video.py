@@ -86,6 +86,8 @@ class VideoQaOptions:
 
 class VideoQaHead(HeadBase):
     name = "video-qa"
+    # best.pt by accuracy, as VQA_msrvtt.py / VQA_msvd.py pick by test acc
+    default_best_metric = "acc"
     Options = VideoQaOptions
     train_fields = (VIDEO_FIELD, "question", "answers")
     eval_fields = (VIDEO_FIELD, "question")

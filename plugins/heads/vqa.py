@@ -114,6 +114,9 @@ def _load_answer_list(path: str | None, store) -> list[str]:
 
 class _VqaCommon(HeadBase):
     train_fields = ("image", "question", "answers")
+    # no best.pt by default: VQA.py keeps every epoch (its test-dev score comes from the
+    # evaluation server); best_metric=vqa_acc picks by the held-out accuracy
+    default_best_metric = None
     eval_fields = ("image", "question")
     vocabulary_attributes = ("answer_list",)  # saved with the weights: predict needs no store
 

@@ -1,7 +1,8 @@
 """``x2vlm finetune CONFIG [key=value ...]``: fine-tune a domain head and evaluate it.
 
 Writes ``OUTPUT_DIR/metrics.json``, ``predictions.json`` (``predictions_{split}.json``
-with several eval splits), ``metrics.jsonl`` and ``checkpoints/step_*.pt``.
+with several eval splits), ``metrics.jsonl``, ``checkpoints/step_*.pt`` and
+``checkpoints/best.pt`` (the epoch that scored best on ``best_metric``; the summary names it).
 """
 from __future__ import annotations
 
@@ -95,10 +96,14 @@ def run(args) -> int:
     if int(os.environ.get("RANK", "0")):
         return 0  # under torchrun rank 0 evaluates and prints
     for split, metrics in results.items():
-        if split in ("train", "checkpoint") or not isinstance(metrics, dict):
+        if split in ("train", "checkpoint", "best") or not isinstance(metrics, dict):
             continue
         shown = "  ".join(f"{k}={v:.2f}" for k, v in metrics.items())
         print(f"{split}: {shown}")
     if "checkpoint" in results:
         print(f"checkpoint: {results['checkpoint']}")
+    best = results.get("best")
+    if best:
+        where = f" -> {best['checkpoint']}" if "checkpoint" in best else ""
+        print(f"best: epoch {best['epoch']} ({best['metric']}={best['value']:.2f}){where}")
     return 0

@@ -36,8 +36,9 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, payload: dict, keep_
 def remove_stale_temporaries(ckpt_dir: str | os.PathLike) -> list[Path]:
     """Delete the half-written ``.step_*.pt.*.tmp`` / ``.latest.*.tmp`` files that a run
     killed while saving left in ``ckpt_dir`` (complete checkpoints are never touched).
-    Runs call it once at their start, on rank 0, before anything saves."""
-    return remove_temporaries(ckpt_dir, rf"{_NAME.pattern[1:-1]}|latest")
+    Runs call it once at their start, on rank 0, before anything saves (``best.pt``: the
+    fine-tune runner's best epoch, :mod:`x2core.train.best_checkpoint`)."""
+    return remove_temporaries(ckpt_dir, rf"{_NAME.pattern[1:-1]}|latest|best\.pt")
 
 
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:

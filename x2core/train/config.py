@@ -45,6 +45,23 @@ class StreamConfig:
 
 
 @dataclass
+class AuxConfig:
+    """Clean auxiliary data standing in for a noisy stream (X2-VLM's 1B recipes: COCO, VG,
+    SBU, CC3M, CC12M for LAION with ``aux_iter_perc: 0.15``; WebVid for HowTo100M/YT-Temporal
+    with ``video_aux_iter_perc: 0.35``). An entry of ``TrainConfig.aux``, keyed by the noisy
+    stream: on each step the noisy stream contributes, its batch comes from ``stream``
+    instead with probability ``iter_perc`` (and keeps the noisy stream's loss weight and
+    metric names), decided from (seed, step) alone, so resuming reproduces it."""
+
+    stream: str = ""                 # the clean stream: another entry of `data`, same kind
+    iter_perc: float = 0.0           # share of steps on which it replaces the noisy batch
+    # False (the reference's image aux): a step that keeps the noisy batch computes no ITM
+    # on any stream, as the reference's one ret_match_loss covers the step's image, region
+    # and video batches; True (the reference's video aux): ITM as usual.
+    itm_on_noisy: bool = False
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -111,6 +128,13 @@ class TrainConfig(RunConfig):
     ckpt_every: int = 500
     keep_last: int = 3
     tensorboard: bool = True
+    # The reference's stop_calc_itm (its 1B recipes: 200000): from this many optimizer steps
+    # on, no step computes the matching loss (nor its fusion forward); the steps 1..N
+    # (zero-based 0..N-1, the reference's `global_step < stop_calc_itm`) still do.
+    # None or 0: never stop.
+    stop_calc_itm: Optional[int] = None
+    # {noisy stream: AuxConfig}: clean data swapped in on a share of the steps
+    aux: dict[str, AuxConfig] = field(default_factory=dict)
 
     def validate(self, path: str = "") -> None:
         if not self.data:
@@ -120,6 +144,28 @@ class TrainConfig(RunConfig):
         for name in ("steps", "ckpt_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}' must be >= 1")
+        if self.stop_calc_itm is not None and self.stop_calc_itm < 0:
+            raise ConfigError(f"config field 'stop_calc_itm' must be >= 0 (0 or null: never stop), "
+                              f"got {self.stop_calc_itm}")
+        for noisy, aux in self.aux.items():
+            self._check_aux(noisy, aux)
+
+    def _check_aux(self, noisy: str, aux: AuxConfig) -> None:
+        field_ = f"aux.{noisy}"
+        streams = ", ".join(self.data)
+        if noisy not in self.data:
+            raise ConfigError(f"config field '{field_}': '{noisy}' is not a stream of data ({streams})")
+        if aux.stream not in self.data or aux.stream == noisy:
+            raise ConfigError(f"config field '{field_}.stream': {aux.stream!r} is not another stream "
+                              f"of data ({streams})")
+        if self.data[aux.stream].kind != self.data[noisy].kind:
+            raise ConfigError(f"config field '{field_}.stream': '{aux.stream}' is of kind "
+                              f"{self.data[aux.stream].kind}, '{noisy}' of kind {self.data[noisy].kind}")
+        if self.data[aux.stream].ratio != 1.0:
+            raise ConfigError(f"config field 'data.{aux.stream}.ratio': an aux stream only appears in "
+                              f"place of '{noisy}'; leave its ratio at 1")
+        if not 0.0 <= aux.iter_perc <= 1.0:
+            raise ConfigError(f"config field '{field_}.iter_perc' must be in [0, 1], got {aux.iter_perc}")
 
 
 @dataclass
@@ -140,6 +186,11 @@ class FinetuneConfig(RunConfig):
     eval_every_epoch: bool = True
     save_checkpoint: bool = True
     save_every_epoch: bool = True                   # a resumable checkpoint after each epoch
+    # checkpoints/best.pt: the epoch whose evaluation scored best on this metric, as logged:
+    # "split/name" (val/r_mean), a bare "name" (its mean over the evaluated splits) or a list
+    # of them (their mean). "auto": the head's default_best_metric; null: no best kept
+    best_metric: Union[str, list[str], None] = "auto"
+    best_mode: Literal["max", "min"] = "max"        # whether a higher or lower value is better
 
     def validate(self, path: str = "") -> None:
         if not self.head:
@@ -153,6 +204,10 @@ class FinetuneConfig(RunConfig):
                 raise ConfigError(f"config field '{name}' must be >= 1")
         if self.steps is not None and self.steps < 0:
             raise ConfigError("config field 'steps' must be >= 0")
+        names = [self.best_metric] if isinstance(self.best_metric, str) else self.best_metric
+        if names is not None and (not names or not all(n.strip() for n in names)):
+            raise ConfigError("config field 'best_metric' must name a metric (val/acc), a list "
+                              "of them, auto (the head's default) or null (no best checkpoint)")
 
     def eval_stores(self) -> dict[str, str]:
         if self.eval is None:

@@ -6,7 +6,8 @@ schedule of :mod:`x2core.train.optim`; the step itself -- accumulation, clipping
 NaN/inf guard with ``max_nonfinite``, bf16 autocast on CUDA, ``compile`` -- is the
 pretraining loop's, from :mod:`x2core.train.runtime`), an evaluation after every epoch (or
 only at the end), ``metrics.json`` and ``predictions.json`` per evaluated split, an atomic
-checkpoint after every epoch (``--resume`` continues from it).
+checkpoint after every epoch (``--resume`` continues from it), and ``checkpoints/best.pt``:
+the epoch that scored best on ``best_metric`` (:mod:`x2core.train.best_checkpoint`).
 
 Under ``torchrun --nproc_per_node N -m x2core finetune CONFIG`` the same function runs
 data-parallel: the head is wrapped in DDP (or sharded with ``strategy=fsdp``), each rank
@@ -21,7 +22,8 @@ write the same files.
 Checkpoint payload (``torch.load(weights_only=True)``-safe): ``model`` (core state dict,
 the keys of a pretraining checkpoint), ``head`` (the head's own parameters), ``head_name``,
 ``head_options``, ``model_config``, ``config``, ``step``, ``epoch`` (finished epochs),
-``metrics``, and for resuming ``optimizer`` (keyed by parameter name when ``strategy`` is
+``metrics``, ``best`` (the best epoch so far: metric, mode, value, epoch), and for
+resuming ``optimizer`` (keyed by parameter name when ``strategy`` is
 ``fsdp``), ``strategy``, ``scheduler``, ``rng`` (one entry per rank, with the shuffle
 generator's state under ``loader``).
 """
@@ -43,6 +45,7 @@ from x2core.utils.atomic import atomic_write
 from x2core.utils.device import autocast_for, move_to
 from x2core.train import checkpoint as ckpt
 from x2core.train import runtime
+from x2core.train.best_checkpoint import BEST_NAME, BestTracker, keep_as_best
 from x2core.train.config import FinetuneConfig, load_finetune_config
 from x2core.train.heads import (EvalResult, HeadData, build_head, check_store_fields,  # noqa: F401
                                head_own_state, head_vocabularies, options_dict)
@@ -87,7 +90,9 @@ def _open_store(path: str):
 
 def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | None = None,
              resume_allow_config_change: bool = False) -> dict:
-    """Fine-tune ``cfg.head`` and evaluate; returns ``{"train": last metrics, split: metrics}``.
+    """Fine-tune ``cfg.head`` and evaluate; returns ``{"train": last metrics, split: metrics,
+    "checkpoint": last path, "best": {"metric", "value", "epoch", "checkpoint"}}`` (the last
+    two when written / tracked).
 
     ``resume``: a checkpoint of this run (or True for the latest in ``output_dir``); the
     run continues after the epoch it ends with, exactly as if it had not stopped (weights,
@@ -181,10 +186,11 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
     logger = MetricsLogger(str(out_dir), enabled=info.is_main, tensorboard=False)
     state = TrainState(cfg, head, optimizer, scheduler, loader, info, output_dir=out_dir)
     stepper = runtime.Stepper(state, wrapped, core=model)
+    best = BestTracker.for_run(cfg.best_metric, cfg.best_mode, head)
     start_epoch = 0
     if resume:
         start_epoch = _restore(state, cfg, resume, loader_generator=g,
-                               allow_change=resume_allow_config_change)
+                               allow_change=resume_allow_config_change, best=best)
     pm.hook.x2vlm_train_start(state=state)
     if resume and start_epoch >= epochs and info.is_main:
         done = (f"{state.step} of {total} steps; raise steps=" if cfg.steps is not None else
@@ -228,13 +234,21 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
             if state.step >= total:
                 break
         is_last = epoch == epochs - 1 or state.step >= total
+        improved, bad_metric = False, None
         if eval_stores and (cfg.eval_every_epoch or is_last):
             results.update(evaluate_now(is_last))
-        # 5. the checkpoint, after every epoch or only the last (rank 0 writes)
-        if cfg.save_checkpoint and (cfg.save_every_epoch or is_last):
-            path = _save(state, cfg, epoch + 1, results, g, pm)
-            if path is not None:
+            improved, bad_metric = _judge_best(best, results, epoch + 1, info)
+        # 5. the checkpoint, after every epoch or only the last, and best.pt when this epoch
+        # is the best so far (rank 0 writes)
+        as_last = cfg.save_checkpoint and (cfg.save_every_epoch or is_last)
+        as_best = cfg.save_checkpoint and improved
+        if as_last or as_best:
+            path = _save(state, cfg, epoch + 1, results, g, pm, best=best, as_last=as_last,
+                         as_best=as_best)
+            if path is not None and as_last:
                 results["checkpoint"] = str(path)
+        if bad_metric:  # after the epoch's checkpoint: --resume best_metric=... goes on
+            raise ConfigError(bad_metric)
         if state.step >= total:
             break
     reporter.close()
@@ -244,6 +258,10 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
         path = _save(state, cfg, 0, results, None, pm)
         if path is not None:
             results["checkpoint"] = str(path)
+    if best.epoch is not None and info.is_main:
+        best_file = out_dir / "checkpoints" / BEST_NAME
+        results["best"] = {"metric": best.label, "value": best.value, "epoch": best.epoch,
+                           **({"checkpoint": str(best_file)} if best_file.is_file() else {})}
     results["train"] = last
     pm.hook.x2vlm_train_end(state=state, metrics=last)
     logger.close()
@@ -251,9 +269,13 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
 
 
 def _save(state: TrainState, cfg: FinetuneConfig, epochs_done: int, results: dict,
-          loader_generator, pm) -> Path | None:
+          loader_generator, pm, *, best: BestTracker | None = None, as_last: bool = True,
+          as_best: bool = False) -> Path | None:
     """An atomic checkpoint on rank 0: the weights for `x2vlm eval` / ``init_from`` and,
-    for ``--resume``, the optimizer, schedule, each rank's RNG and the shuffle state."""
+    for ``--resume``, the optimizer, schedule, each rank's RNG, the shuffle state and the
+    best epoch so far. ``as_last``: as ``step_N.pt`` (``latest`` points at it);
+    ``as_best``: as ``best.pt`` too (a copy of that file, or the only file written).
+    Returns the file written (``step_N.pt`` when ``as_last``), ``None`` on other ranks."""
     rng = ckpt.rng_state()
     if loader_generator is not None:
         rng["loader"] = loader_generator.get_state()
@@ -266,8 +288,33 @@ def _save(state: TrainState, cfg: FinetuneConfig, epochs_done: int, results: dic
                    head_options=options_dict(getattr(head, "options", cfg.head_options)),
                    head_vocab=head_vocabularies(head),
                    model_config=to_dict(head.model.config), config=to_dict(cfg), epoch=epochs_done,
-                   metrics={s: m for s, m in results.items() if s not in ("train", "checkpoint")})
-    return runtime.write_checkpoint(state, _jsonable_tensors(payload), keep_last=1, hooks=pm.hook)
+                   metrics={s: m for s, m in results.items()
+                            if s not in ("train", "checkpoint", "best")},
+                   best=(best or BestTracker(None)).state())
+    payload = _jsonable_tensors(payload)
+    if not as_last:
+        return atomic_write(state.output_dir / "checkpoints" / BEST_NAME,
+                            lambda fh: torch.save(payload, fh))
+    path = runtime.write_checkpoint(state, payload, keep_last=1, hooks=pm.hook)
+    if as_best:
+        keep_as_best(path)
+    return path
+
+
+def _judge_best(best: BestTracker, results: dict, epochs_done: int, info) -> tuple[bool, str | None]:
+    """``(is this epoch the best so far, the error of an unknown best_metric or None)``,
+    agreed by every rank: rank 0 alone has the metrics, and writing ``best.pt`` gathers
+    the weights from all of them."""
+    from x2core.train import distributed
+
+    verdict: bool | str = False
+    if info.is_main:
+        try:
+            verdict = best.update(results, epochs_done)
+        except ConfigError as exc:
+            verdict = str(exc)
+    verdict = distributed.gather_objects(verdict, info)[0]
+    return (False, verdict) if isinstance(verdict, str) else (bool(verdict), None)
 
 
 def _set_data_epoch(dataset, epoch: int, seed: int) -> None:
@@ -282,9 +329,10 @@ def _set_data_epoch(dataset, epoch: int, seed: int) -> None:
 
 
 def _restore(state: TrainState, cfg: FinetuneConfig, resume, *, loader_generator,
-             allow_change: bool = False) -> int:
+             allow_change: bool = False, best: BestTracker | None = None) -> int:
     """Load a checkpoint written by :func:`_save`; returns the number of finished epochs.
-    The architecture is checked first, then the config (:mod:`x2core.train.resume_config`)."""
+    The architecture is checked first, then the config (:mod:`x2core.train.resume_config`).
+    ``best`` takes the checkpoint's best epoch so far."""
     from x2core.train import resume_config
 
     path = ckpt.find_resume_checkpoint(resume, state.output_dir / "checkpoints")
@@ -307,6 +355,9 @@ def _restore(state: TrainState, cfg: FinetuneConfig, resume, *, loader_generator
             print("x2vlm finetune --resume: applying config changes:\n  " + "\n  ".join(changes))
     if loader_generator is not None and "loader" in rng:
         loader_generator.set_state(rng["loader"])
+    note = best.restore(payload.get("best")) if best is not None else None
+    if note and state.dist.is_main:
+        print(f"x2vlm finetune --resume: {note}")
     return int(payload["epoch"])
 
 

@@ -28,6 +28,7 @@ OUTPUT_ONLY_FIELDS: tuple[str, ...] = (
     "num_workers", "data.*.num_workers",                           # how data is read
     "eval", "eval_batch_size", "eval_every_epoch",                 # what is evaluated
     "save_checkpoint", "save_every_epoch", "ckpt_every", "keep_last",  # what is saved
+    "best_metric", "best_mode",                                    # which epoch best.pt keeps
     "compile", "max_nonfinite",                                    # how the step executes
     # restore() itself refuses another optimizer layout; "auto" and "ddp" are the same run
     "strategy",
