@@ -132,9 +132,11 @@ def test_pretrain_recipe_starts(recipe, recipe_stores, tmp_path):
     assert metrics and all(math.isfinite(v) for k, v in metrics.items()
                            if k.startswith("train/") and isinstance(v, float))
     used = json.loads((tmp_path / "run" / "config.json").read_text())
-    for key in ("masking", "optim", "schedule", "clip_grad", "seed"):
+    for key in ("masking", "optim", "schedule", "clip_grad", "seed", "aux", "stop_calc_itm"):
         if key in written:
             assert _same(used[key], written[key]), (recipe.name, key)
+    if "loss" in (written.get("model_overrides") or {}):  # e.g. itm_negatives: reference
+        assert _same(used["model_overrides"]["loss"], written["model_overrides"]["loss"]), recipe.name
     assert set(used["data"]) == set(written["data"])
     for name, stream in written["data"].items():  # stream options other than sizes kept
         for key, value in stream.items():
