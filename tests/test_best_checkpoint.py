@@ -195,3 +195,49 @@ def test_head_default_the_run_lacks_turns_best_off_and_another_metric_starts_afr
     assert not tracker.update({"val": {"acc": 0.6}}, 4) and tracker.epoch == 3
     fresh = BestTracker.for_run("val/acc", "min", head)
     assert "starts again" in fresh.restore(saved) and fresh.value is None
+
+
+# --- how often and on what fine-tuning evaluates (eval_every, eval_splits) -------------------
+
+def test_eval_every_and_eval_splits_choose_when_and_what(synthetic_stores, tmp_path, monkeypatch):
+    """4 epochs, eval_every=2, eval_splits=[val]: val after epoch 2, every split after the
+    last epoch, nothing else; best.pt is judged on val alone (like with like)."""
+    from x2core.train.heads import EvalResult
+    from x2plugins.heads.retrieval import RetrievalHead
+
+    calls: list[str] = []
+    scores = {"val": iter([10.0, 20.0]), "test": iter([99.0])}
+
+    def evaluate(self, store, *, batch_size=32, progress=False):
+        split = "val" if store.path.endswith("val") else "test"
+        calls.append(split)
+        return EvalResult({"r_mean": next(scores[split])}, [])
+
+    monkeypatch.setattr(RetrievalHead, "evaluate", evaluate)
+    import shutil
+    val, test = tmp_path / "val", tmp_path / "test"
+    for d in (val, test):
+        shutil.copytree(synthetic_stores["heldout_retrieval"], d)
+    out = tmp_path / "run"
+    results = _run(synthetic_stores, out, "epochs=4", f"eval={{val: {val}, test: {test}}}",
+                   "eval_every=2", "eval_splits=[val]")
+    assert calls == ["val", "val", "test"]  # epoch 2: val; epoch 4 (last): val and test
+    assert results["best"]["epoch"] == 4 and results["best"]["value"] == 20.0  # val only, not (20+99)/2
+    assert results["test"]["r_mean"] == 99.0
+
+
+def test_eval_every_zero_is_the_last_epoch_only_and_bad_values_are_one_line(synthetic_stores, tmp_path,
+                                                                             scripted_eval):
+    seen = scripted_eval([0.5])
+    _run(synthetic_stores, tmp_path / "run", "eval_every=0")
+    assert len(seen) == 1  # 3 epochs, one evaluation
+    from x2core.train.finetune import load_finetune_config
+    with pytest.raises(ConfigError, match="'eval_every' must be >= 0") as err:
+        load_finetune_config(None, ["head=retrieval", "eval_every=-1"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"'eval_splits' names 'tset', not a split of 'eval' \(val, test\)"):
+        load_finetune_config(None, ["head=retrieval", "eval={val: a, test: b}", "eval_splits=[tset]"])
+    # the old switch still works: eval_every_epoch=false is eval_every=0
+    seen = scripted_eval([0.5])
+    _run(synthetic_stores, tmp_path / "old", "eval_every_epoch=false")
+    assert len(seen) == 2  # one more

@@ -210,7 +210,7 @@ def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path, grad_accum, ba
 
     args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
             f"batch_size={batch_size}", f"grad_accum={grad_accum}", "epochs=3", "optim.lr=1e-3",
-            "progress=false", "log_every=1", "eval_every_epoch=false"]
+            "progress=false", "log_every=1", "eval_every=0"]
     def run(name, *extra, **env_extra):
         return run_finetune(args, tmp_path / name, *extra, **env_extra)
 

@@ -118,7 +118,7 @@ def test_retrieval_finetune_resumes_exactly_with_augmentation(two_caption_store,
     uninterrupted run's (with the dataset's own generator, the resumed epoch drew anew)."""
     args = ["head=retrieval", f"train={two_caption_store}",
             f"eval={synthetic_stores['heldout_retrieval']}", "batch_size=8", "epochs=2",
-            "optim.lr=1e-3", "progress=false", "log_every=1", "eval_every_epoch=false",
+            "optim.lr=1e-3", "progress=false", "log_every=1", "eval_every=0",
             f"num_workers={num_workers}"]
     def run(name, *extra, **env_extra):
         return run_finetune(args, tmp_path / name, *extra, **env_extra)

@@ -115,7 +115,7 @@ def test_finetune_fsdp_follows_ddp_and_resumes_on_two_ranks(stores, tmp_path):
     from x2core.train.finetune import evaluate, load_finetune_config
 
     args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
-            "batch_size=32", "epochs=2", "eval_every_epoch=false", "optim.lr=1e-3",
+            "batch_size=32", "epochs=2", "eval_every=0", "optim.lr=1e-3",
             "progress=false", "log_every=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", X2VLM_PLUGINS="x2vlm_test_hooks",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),

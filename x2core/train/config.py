@@ -183,7 +183,12 @@ class FinetuneConfig(RunConfig):
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup=0.1))
     num_workers: int = 0
     output_dir: str = "runs/finetune"
-    eval_every_epoch: bool = True
+    # Evaluation during training: after every `eval_every`-th epoch (the reference: every
+    # epoch) on `eval_splits` (null: every split of `eval`); the last epoch always evaluates
+    # every split. eval_every=0: the last epoch only. Long runs evaluate less this way.
+    eval_every: int = 1
+    eval_splits: Optional[list[str]] = None
+    eval_every_epoch: Optional[bool] = None         # deprecated: false is eval_every=0
     save_checkpoint: bool = True
     save_every_epoch: bool = True                   # a resumable checkpoint after each epoch
     # checkpoints/best.pt: the epoch whose evaluation scored best on this metric, as logged:
@@ -204,6 +209,14 @@ class FinetuneConfig(RunConfig):
                 raise ConfigError(f"config field '{name}' must be >= 1")
         if self.steps is not None and self.steps < 0:
             raise ConfigError("config field 'steps' must be >= 0")
+        if self.eval_every < 0:
+            raise ConfigError(f"config field 'eval_every' must be >= 0 (0: the last epoch only), "
+                              f"got {self.eval_every}")
+        splits = self.eval_stores()
+        unknown = [s for s in self.eval_splits or () if s not in splits]
+        if unknown:
+            raise ConfigError(f"config field 'eval_splits' names {', '.join(map(repr, unknown))}, not a "
+                              f"split of 'eval' ({', '.join(splits) or 'none is set'})")
         names = [self.best_metric] if isinstance(self.best_metric, str) else self.best_metric
         if names is not None and (not names or not all(n.strip() for n in names)):
             raise ConfigError("config field 'best_metric' must name a metric (val/acc), a list "
@@ -213,6 +226,17 @@ class FinetuneConfig(RunConfig):
         if self.eval is None:
             return {}
         return {"val": self.eval} if isinstance(self.eval, str) else dict(self.eval)
+
+    def evaluates_after(self, epoch: int, is_last: bool) -> list[str]:
+        """Splits evaluated after ``epoch`` (0-based) of training: every split after the
+        last epoch; otherwise ``eval_splits`` (or all) every ``eval_every`` epochs."""
+        splits = list(self.eval_stores())
+        every = 0 if self.eval_every_epoch is False else self.eval_every
+        if is_last:
+            return splits
+        if not every or (epoch + 1) % every:
+            return []
+        return [s for s in splits if self.eval_splits is None or s in self.eval_splits]
 
 
 def load_config(cls: type, path: str | None, overrides: list[str] | tuple[str, ...] = (),

@@ -206,8 +206,9 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
                                 desc=f"finetune {cfg.head}", rate="steps_per_s",
                                 enabled=bool(cfg.progress and total and info.is_main))
 
-    def evaluate_now(write: bool) -> dict:
-        return _evaluate_on_main(state, eval_stores, out_dir, logger, pm, write=write,
+    def evaluate_now(write: bool, splits=None) -> dict:
+        stores = eval_stores if splits is None else {s: eval_stores[s] for s in splits}
+        return _evaluate_on_main(state, stores, out_dir, logger, pm, write=write,
                                  eval_copy=eval_copy)
 
     for epoch in range(start_epoch, epochs):
@@ -235,9 +236,13 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
                 break
         is_last = epoch == epochs - 1 or state.step >= total
         improved, bad_metric = False, None
-        if eval_stores and (cfg.eval_every_epoch or is_last):
-            results.update(evaluate_now(is_last))
-            improved, bad_metric = _judge_best(best, results, epoch + 1, info)
+        splits = cfg.evaluates_after(epoch, is_last)
+        if splits:
+            fresh = evaluate_now(is_last, splits)
+            results.update(fresh)
+            # judged on the splits every evaluation has, so epochs compare like with like
+            judged = {s: m for s, m in fresh.items() if cfg.eval_splits is None or s in cfg.eval_splits}
+            improved, bad_metric = _judge_best(best, judged, epoch + 1, info)
         # 5. the checkpoint, after every epoch or only the last, and best.pt when this epoch
         # is the best so far (rank 0 writes)
         as_last = cfg.save_checkpoint and (cfg.save_every_epoch or is_last)

@@ -26,7 +26,7 @@ OUTPUT_ONLY_FIELDS: tuple[str, ...] = (
     "output_dir", "log_every", "progress", "tensorboard",          # where and how it is shown
     "device",                                                      # where it runs
     "num_workers", "data.*.num_workers",                           # how data is read
-    "eval", "eval_batch_size", "eval_every_epoch",                 # what is evaluated
+    "eval", "eval_batch_size", "eval_every", "eval_splits", "eval_every_epoch",  # what is evaluated
     "save_checkpoint", "save_every_epoch", "ckpt_every", "keep_last",  # what is saved
     "best_metric", "best_mode",                                    # which epoch best.pt keeps
     "compile", "max_nonfinite",                                    # how the step executes
