@@ -7,6 +7,7 @@ in :mod:`x2core.eval.metrics`.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -49,32 +50,95 @@ def chunked_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int =
 
 @torch.no_grad()
 def rerank_itm(model, img_embeds, txt_embeds, txt_atts, query_is_image: bool, cand: torch.Tensor,
-               batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """ITM match logits for each query's candidates -> ``(N_query, k)``."""
+               batch_size: int = 256, progress: bool = False, *, first_query: int = 0,
+               kv_cache: bool = True, kv_images: int = 128) -> torch.Tensor:
+    """ITM match logits for each query's candidates -> ``(N_query, k)``.
+
+    ``cand (N_query, k)``: candidate indices; its row ``j`` is query ``first_query + j``
+    (a rank's block of the queries). Images ``(N_img, T, D)``, texts ``(N_txt, L, d)``.
+
+    ``kv_cache``: the fusion layers' cross-attention keys/values of each image are
+    projected once and shared by every text paired with it (image->text: its ``k``
+    candidates; text->image: every text that lists it). Pairs are taken image by image,
+    ``kv_images`` images' keys/values held at a time (base at 384 px in bf16: about 11 MB
+    per image). ``kv_cache=False`` projects them again for every pair (the earlier path).
+    """
     n, k = cand.shape
-    q = torch.arange(n, device=cand.device).repeat_interleave(k)
+    q = torch.arange(first_query, first_query + n, device=cand.device).repeat_interleave(k)
     c = cand.flatten()
     img_rows, txt_rows = (q, c) if query_is_image else (c, q)
     scores = torch.empty(n * k, device=img_embeds.device)
-    it = range(0, n * k, batch_size)
-    for s in maybe_progress(it, progress, "itm rerank", total=len(it)):
-        ii, tt = img_rows[s:s + batch_size], txt_rows[s:s + batch_size]
-        ie = img_embeds[ii]
-        ia = torch.ones(ie.shape[:2], dtype=torch.long, device=ie.device)
-        scores[s:s + batch_size] = model.itm_logits(ie, ia, txt_embeds[tt], txt_atts[tt])[:, 1].float()
+    if not kv_cache:
+        it = range(0, n * k, batch_size)
+        for s in maybe_progress(it, progress, "itm rerank", total=len(it)):
+            ii, tt = img_rows[s:s + batch_size], txt_rows[s:s + batch_size]
+            ie = img_embeds[ii]
+            ia = torch.ones(ie.shape[:2], dtype=torch.long, device=ie.device)
+            scores[s:s + batch_size] = model.itm_logits(ie, ia, txt_embeds[tt], txt_atts[tt])[:, 1].float()
+        return scores.view(n, k)
+    # pairs grouped by image: the images in use, each pair's position among them
+    images, pos = img_rows.unique(sorted=True, return_inverse=True)
+    order = pos.argsort(stable=True)
+    pos_sorted = pos[order]
+    bounds = torch.searchsorted(pos_sorted, torch.arange(0, len(images) + kv_images, kv_images,
+                                                         device=pos.device).clamp(max=len(images)))
+    blocks = range(0, len(images), kv_images)
+    out = torch.empty(n * k, device=img_embeds.device)
+    for b, i0 in enumerate(maybe_progress(blocks, progress, "itm rerank", total=len(blocks))):
+        kv = model.fusion_encoder.image_kv(img_embeds[images[i0:i0 + kv_images]])
+        for s in range(int(bounds[b]), int(bounds[b + 1]), batch_size):
+            e = min(s + batch_size, int(bounds[b + 1]))
+            pairs = order[s:e]
+            tt = txt_rows[pairs]
+            ia = torch.ones((e - s, img_embeds.shape[1]), dtype=torch.long, device=img_embeds.device)
+            out[s:e] = model.itm_logits(kv.rows(pos_sorted[s:e] - i0), ia, txt_embeds[tt],
+                                        txt_atts[tt])[:, 1].float()
+    scores[order] = out
     return scores.view(n, k)
+
+
+_SHARED: list = []   # the process groups of the enclosing ranks_share_evaluation blocks
+
+
+@contextmanager
+def ranks_share_evaluation(group=None):
+    """Inside this block every rank of ``group`` (default: the whole job) makes the same
+    evaluation calls: :func:`retrieval_rank` reranks only its block of the queries and
+    gathers the others' scores, so each rank does ``1/world`` of the ITM pairs and all of
+    them return the full ranking. Outside it (or without a process group) a call ranks
+    everything in this process: the others may not be there to gather from."""
+    _SHARED.append(group)
+    try:
+        yield
+    finally:
+        _SHARED.pop()
+
+
+def _query_block(n: int) -> tuple[int, int, object]:
+    """This rank's contiguous block ``[lo, hi)`` of ``n`` query rows, and the group to
+    gather over (``False``: this process ranks all of them alone)."""
+    import torch.distributed as dist
+
+    if not _SHARED or not (dist.is_available() and dist.is_initialized()):
+        return 0, n, False
+    group = _SHARED[-1]
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    return rank * n // world, (rank + 1) * n // world, group
 
 
 @torch.no_grad()
 def retrieval_rank(model, images_iter, texts_ids: torch.Tensor, texts_atts: torch.Tensor, *,
                    k_test: int, chunk_size: int = 1024, batch_size: int = 64, itm_batch_size: int = 256,
-                   progress: bool = False) -> dict[str, torch.Tensor]:
+                   progress: bool = False, kv_cache: bool = True) -> dict[str, torch.Tensor]:
     """Encode, ITC top-k in chunks, ITM rerank. ``images_iter`` yields ``(B, 3, H, W)`` image
     batches or ``(B, F, 3, H, W)`` video batches.
 
     Returns ranked candidate lists: ``i2t``/``t2i`` (ITM-reranked, best first) and
     ``i2t_itc``/``t2i_itc`` (ITC order, at least 10 deep), for
-    :func:`x2core.eval.metrics.retrieval.recall_from_topk`.
+    :func:`x2core.eval.metrics.retrieval.recall_from_topk`. Within
+    :func:`ranks_share_evaluation` the rerank is split across the ranks (contiguous
+    blocks of queries, both directions) and every rank returns the full lists.
+    ``kv_cache``: see :func:`rerank_itm`.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -97,8 +161,12 @@ def retrieval_rank(model, images_iter, texts_ids: torch.Tensor, texts_atts: torc
     _, t2i_itc = chunked_topk(txt_feats, img_feats, depth, chunk_size)
     out = {"i2t_itc": i2t_itc.cpu(), "t2i_itc": t2i_itc.cpu()}
     for name, cand, is_img in (("i2t", i2t_itc[:, :k_test], True), ("t2i", t2i_itc[:, :k_test], False)):
-        scores = rerank_itm(model, img_embeds, txt_embeds, txt_atts, is_img, cand,
-                            itm_batch_size, progress)
+        lo, hi, group = _query_block(cand.shape[0])
+        scores = rerank_itm(model, img_embeds, txt_embeds, txt_atts, is_img, cand[lo:hi],
+                            itm_batch_size, progress, first_query=lo, kv_cache=kv_cache)
+        if group is not False:
+            from x2core.train.distributed import all_gather_rows
+            scores = all_gather_rows(scores, group)
         order = scores.argsort(dim=1, descending=True, stable=True)
         out[name] = cand.gather(1, order).cpu()
     return out

@@ -9,6 +9,8 @@ one onto ``fusion_encoder.layer.{0..5}``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,9 +38,16 @@ class _Heads(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``x (B, Lq, d)``, ``context (B, Lk, kv_width)``, bool ``mask (B, 1, 1, Lk)``."""
-        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+    def key_value(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``context (B, Lk, kv_width)`` -> keys, values ``(B, H, Lk, dh)``. The modules are
+        called (not ``F.linear`` on their weights) so a peft LoRA wrapper on them runs."""
+        return self._split(self.key(context)), self._split(self.value(context))
+
+    def forward(self, x: torch.Tensor, context, mask: torch.Tensor) -> torch.Tensor:
+        """``x (B, Lq, d)``, ``context (B, Lk, kv_width)`` or its projected ``(keys, values)``
+        (each ``(B, H, Lk, dh)``, see :meth:`key_value`), bool ``mask (B, 1, 1, Lk)``."""
+        k, v = context if isinstance(context, tuple) else self.key_value(context)
+        q = self._split(self.query(x))
         out = attention(q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
                         impl=self.impl)
         b, _, n, _ = out.shape
@@ -89,9 +98,42 @@ class FusionLayer(nn.Module):
         self.output = _Residual(inner, hidden, dropout, eps)
 
     def forward(self, x, text_mask, image_embeds, image_mask):
+        """``image_embeds``: ``(B, T, D)`` vision tokens or this layer's cross-attention
+        ``(keys, values)`` (see :class:`ImageKV`)."""
         x = self.attention(x, x, text_mask)
         x = self.crossattention(x, image_embeds, image_mask)
         return self.output(self.intermediate(x), x)
+
+
+@dataclass
+class ImageKV:
+    """Every fusion layer's cross-attention keys and values of ``N`` images, projected once
+    and reused for all the texts paired with them (the ITM rerank pairs each image with
+    ``k`` texts and each text with ``k`` images; the projection of the image tokens is
+    most of a pair's cost).
+
+    ``layers[i]`` is layer ``i``'s ``(keys, values)``, each ``(N, H, T, dh)``. ``index``
+    ``(B,)`` picks the image of each fused row (``None``: row ``j`` is image ``j``);
+    :meth:`rows` sets it without copying, each layer gathers its rows when it runs.
+    """
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    index: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.layers[0][0].shape[0] if self.index is None else self.index.shape[0]
+
+    def rows(self, index: torch.Tensor) -> "ImageKV":
+        """The same cache seen as ``len(index)`` rows: row ``j`` is image ``index[j]``."""
+        index = index if self.index is None else self.index[index]
+        return ImageKV(self.layers, index)
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s ``(keys, values)`` for the rows, each ``(B, H, T, dh)``."""
+        k, v = self.layers[i]
+        if self.index is None:
+            return k, v
+        return k.index_select(0, self.index), v.index_select(0, self.index)
 
 
 class FusionEncoder(nn.Module):
@@ -120,14 +162,26 @@ class FusionEncoder(nn.Module):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
+    def image_kv(self, image_embeds: torch.Tensor) -> ImageKV:
+        """``(N, T, D)`` vision tokens -> every layer's cross-attention keys/values, to pass
+        as ``image_embeds`` of :meth:`forward` (``.rows(index)`` pairs them with texts)."""
+        self._check_vision_width(image_embeds)
+        return ImageKV([layer.crossattention.self.key_value(image_embeds) for layer in self.layer])
+
+    def _check_vision_width(self, image_embeds: torch.Tensor) -> None:
+        if image_embeds.shape[-1] != self.vision_width:
+            raise InputError(f"vision width {image_embeds.shape[-1]} does not match the fusion "
+                             f"encoder's vision width {self.vision_width}")
+
     def forward(self, text_embeds: torch.Tensor, text_atts: torch.Tensor,
-                image_embeds: torch.Tensor, image_atts: torch.Tensor) -> torch.Tensor:
+                image_embeds: torch.Tensor | ImageKV, image_atts: torch.Tensor) -> torch.Tensor:
         """Fuse text with vision.
 
         Args:
             text_embeds: ``(B, L, d)`` text hidden states.
             text_atts: ``(B, L)`` 1 for real tokens, 0 for padding.
-            image_embeds: ``(B, T, D)`` vision tokens (CLS + patches).
+            image_embeds: ``(B, T, D)`` vision tokens (CLS + patches), or their
+                precomputed cross-attention keys/values (:meth:`image_kv`, ``B`` rows).
             image_atts: ``(B, T)`` 1 for tokens the text may attend to (box rows
                 keep only CLS + in-box patches).
 
@@ -137,18 +191,20 @@ class FusionEncoder(nn.Module):
         if text_embeds.shape[-1] != self.hidden_size:
             raise InputError(f"text width {text_embeds.shape[-1]} does not match the fusion "
                              f"width {self.hidden_size}")
-        if image_embeds.shape[-1] != self.vision_width:
-            raise InputError(f"vision width {image_embeds.shape[-1]} does not match the fusion "
-                             f"encoder's vision width {self.vision_width}")
-        if text_embeds.shape[0] != image_embeds.shape[0]:
-            raise InputError(f"{text_embeds.shape[0]} text rows but {image_embeds.shape[0]} "
+        cached = isinstance(image_embeds, ImageKV)
+        if not cached:
+            self._check_vision_width(image_embeds)
+        n_img = len(image_embeds) if cached else image_embeds.shape[0]
+        if text_embeds.shape[0] != n_img:
+            raise InputError(f"{text_embeds.shape[0]} text rows but {n_img} "
                              "image rows; pair them one to one")
         text_mask = key_padding_to_mask(text_atts)
         image_mask = key_padding_to_mask(image_atts)
         x = text_embeds
-        for layer in self.layer:
+        for i, layer in enumerate(self.layer):
+            context = image_embeds.layer(i) if cached else image_embeds
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, text_mask, image_embeds, image_mask, use_reentrant=False)
+                x = checkpoint(layer, x, text_mask, context, image_mask, use_reentrant=False)
             else:
-                x = layer(x, text_mask, image_embeds, image_mask)
+                x = layer(x, text_mask, context, image_mask)
         return x

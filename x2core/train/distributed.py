@@ -93,3 +93,23 @@ def mean_over_ranks(values: dict[str, float], info: DistInfo) -> dict[str, float
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return {k: float(v) / info.world_size for k, v in zip(keys, t.tolist())}
+
+
+def all_gather_rows(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Every rank's ``(n_r, ...)`` rows, concatenated in rank order -> ``(sum n_r, ...)``.
+
+    Counts may differ by rank: rows are padded to the largest count for the collective
+    and the padding dropped. A gloo ``group`` gathers on the CPU (the result returns to
+    ``x``'s device). Collective: every rank of ``group`` calls it."""
+    world = dist.get_world_size(group)
+    cpu = dist.get_backend(group) == "gloo"
+    y = x.cpu() if cpu else x
+    counts = torch.tensor([y.shape[0]], device=y.device)
+    all_counts = [torch.empty_like(counts) for _ in range(world)]
+    dist.all_gather(all_counts, counts, group=group)
+    sizes = [int(c) for c in all_counts]
+    padded = y.new_zeros((max(sizes), *y.shape[1:]))
+    padded[:y.shape[0]] = y
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous(), group=group)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)]).to(x.device)
