@@ -151,9 +151,10 @@ def test_recipes_load():
 
 
 def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
-    """`torchrun --nproc_per_node 2 -m x2core finetune`: the ranks split every epoch, end
-    with identical weights, and rank 0 alone writes one checkpoint and the results, which
-    a single-process `x2vlm eval` of that checkpoint reproduces."""
+    """`torchrun --nproc_per_node 2 -m x2core finetune` with the retrieval head: the ranks
+    split every epoch, end with identical weights, share the evaluation's ITM rerank
+    (about half the pairs each), and rank 0 alone writes one checkpoint and the results,
+    which a single-process `x2vlm eval` of that checkpoint reproduces exactly."""
     import os
     import subprocess
     import sys
@@ -167,10 +168,11 @@ def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
     from x2core.data.store import LmdbReader
 
     out = tmp_path / "ddp"
-    args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
-            "batch_size=16", "epochs=2", "optim.lr=1e-3", "progress=false", "log_every=1"]
+    args = ["head=retrieval", "head_options.k_test=8", f"train={stores['ret_heldout']}",
+            f"eval={stores['ret_heldout']}", "batch_size=16", "epochs=2", "optim.lr=1e-3",
+            "progress=false", "log_every=1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", X2VLM_TEST_DUMP_PARAMS="1",
-               X2VLM_PLUGINS="x2vlm_test_hooks",
+               X2VLM_TEST_COUNT_RERANK="1", X2VLM_PLUGINS="x2vlm_test_hooks",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),
                                            os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -188,16 +190,20 @@ def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
 
     # every step consumed 16 samples on each of the 2 ranks: half the single-process steps
     pm = PluginManager(autoload=False)
-    head = build_head("vqa-cls", create_model("x2vlm-tiny"), {}, plugin_manager=pm)
-    n = len(head.build_dataset(LmdbReader(stores["vqa_train"]), train=True).dataset)
+    head = build_head("retrieval", create_model("x2vlm-tiny"), {}, plugin_manager=pm)
+    n = len(head.build_dataset(LmdbReader(stores["ret_heldout"]), train=True).dataset)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "train/loss" in json.loads(line)]
     assert max(steps) == 2 * (n // 32)
 
+    # both ranks reranked, each about half of the pairs (both directions, 2 evaluations)
+    pairs = [json.loads((out / f"rerank_pairs_rank{r}.json").read_text()) for r in (0, 1)]
+    assert min(pairs) > 0 and abs(pairs[0] - pairs[1]) <= 0.1 * sum(pairs), pairs
+
     written = json.loads((out / "metrics.json").read_text())["val"]
     ev = evaluate(load_finetune_config(None, args + [f"output_dir={tmp_path / 'single'}"]),
                   str(ckpts[0]), plugin_manager=pm)
-    assert ev["val"]["vqa_acc"] == pytest.approx(written["vqa_acc"])
+    assert ev["val"] == pytest.approx(written)  # the shared evaluation = one process's
 
 
 @pytest.mark.parametrize("grad_accum,batch_size", [(1, 32), (2, 24)], ids=["accum1", "accum2-odd"])

@@ -51,6 +51,8 @@ class RetrievalHead(HeadBase):
     # best.pt by the mean of R@1/5/10 both ways, as Retrieval.py picks by r_mean (on
     # test; Retrieval.py's --pick_best_r1 is best_metric=[tr_r1,ir_r1]); video-retrieval too
     default_best_metric = "r_mean"
+    # under DDP every rank reranks its share of the queries (retrieval_rank)
+    shares_evaluation = True
     Options = RetrievalOptions
     train_fields = ("image", "texts")
     eval_fields = ("image", "texts")

@@ -8,7 +8,11 @@
   line per step), so a test can tell a resumed run from one that started over.
 * ``X2VLM_TEST_DUMP_OPTIM_AT=N`` (or ``every``): after step N (after every step) the
   optimizer's state (AdamW moments) is saved to ``output_dir/optim_step{N}.pt``.
+* ``X2VLM_TEST_COUNT_RERANK=1``: from the first step on, the ITM rerank counts the
+  (query, candidate) pairs this rank scores; at the end of training they are written to
+  ``output_dir/rerank_pairs_rank{R}.json``.
 """
+import json
 import os
 import signal
 
@@ -17,8 +21,27 @@ import torch
 from x2core import hookimpl
 
 
+_PAIRS = []
+
+
+def _count_rerank_pairs() -> None:
+    from x2core.eval import ranking
+
+    if _PAIRS:
+        return
+    _PAIRS.append(0)
+    real = ranking.rerank_itm
+
+    def counting(model, img_embeds, txt_embeds, txt_atts, query_is_image, cand, *args, **kwargs):
+        _PAIRS[0] += cand.numel()
+        return real(model, img_embeds, txt_embeds, txt_atts, query_is_image, cand, *args, **kwargs)
+    ranking.rerank_itm = counting
+
+
 @hookimpl
 def x2vlm_train_step_end(state, step, metrics):
+    if os.environ.get("X2VLM_TEST_COUNT_RERANK"):
+        _count_rerank_pairs()
     step_log = os.environ.get("X2VLM_TEST_STEP_LOG")
     if step_log:
         with open(step_log, "a") as f:
@@ -36,3 +59,5 @@ def x2vlm_train_end(state, metrics):
     if os.environ.get("X2VLM_TEST_DUMP_PARAMS"):
         params = {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}
         torch.save(params, state.output_dir / f"params_rank{state.dist.rank}.pt")
+    if _PAIRS:
+        (state.output_dir / f"rerank_pairs_rank{state.dist.rank}.json").write_text(json.dumps(_PAIRS[0]))

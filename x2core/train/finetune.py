@@ -368,11 +368,20 @@ def _restore(state: TrainState, cfg: FinetuneConfig, resume, *, loader_generator
 
 def _evaluate_on_main(state: TrainState, stores: dict, out_dir: Path, logger, pm, *,
                       write: bool, eval_copy: nn.Module | None = None) -> dict:
-    """Evaluate on rank 0 while the other ranks wait (heads evaluate whole stores). Under
-    FSDP every rank first gathers the weights and rank 0 evaluates ``eval_copy`` with them."""
+    """Evaluate on rank 0 while the other ranks wait (heads evaluate whole stores), or, for
+    a head with ``shares_evaluation`` under DDP, on every rank sharing the work. Under FSDP
+    every rank first gathers the weights and rank 0 evaluates ``eval_copy`` with them."""
     from x2core.train import distributed, fsdp
     info = state.dist
     head = state.model
+    if info.enabled and not state.sharded and getattr(head, "shares_evaluation", False):
+        # Every rank holds the whole head (DDP): all of them evaluate, and a head that
+        # splits its work (the retrieval heads' ITM rerank, x2core.eval.ranking) gives
+        # each rank 1/world of it; rank 0 alone logs and writes.
+        from x2core.eval.ranking import ranks_share_evaluation
+        with ranks_share_evaluation(distributed.wait_group(info)):
+            out = _evaluate_all(state, stores, out_dir, logger, pm, write=write, head=head)
+        return out if info.is_main else {}
     if state.sharded:
         full = fsdp.full_model_state(state.model)  # a collective; only rank 0 receives it
         if info.is_main:
@@ -410,6 +419,8 @@ def _evaluate_all(state: TrainState, stores: dict, out_dir: Path, logger, pm, *,
                                             progress=cfg.progress)
         metrics = {k: float(v) for k, v in res.metrics.items()}
         out[split] = metrics
+        if not state.dist.is_main:  # ranks that only helped (shares_evaluation)
+            continue
         logger.log(step, metrics, prefix=f"eval/{split}")
         pm.hook.x2vlm_evaluate_end(state=state, step=step, metrics={f"{split}/{k}": v
                                                                    for k, v in metrics.items()})

@@ -196,6 +196,12 @@ class HeadBase(nn.Module):
     # attributes holding what the head learns from its data rather than its options (an
     # answer list read from the store): saved with the weights, see head_vocabularies
     vocabulary_attributes: tuple[str, ...] = ()
+    # the metric best.pt is chosen by when the run says best_metric=auto (None: no best)
+    default_best_metric: str | tuple[str, ...] | None = None
+    # True: under DDP every rank runs `evaluate` (inside x2core.eval.ranking's
+    # ranks_share_evaluation) and the head splits the work between them, returning the
+    # full result on every rank; False: rank 0 evaluates while the others wait
+    shares_evaluation: bool = False
 
     def __init__(self, model: nn.Module, options: Mapping | None = None):
         super().__init__()
