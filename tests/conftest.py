@@ -8,12 +8,21 @@ import pytest
 def one_torch_thread():
     """Tiny models: one intra-op thread is faster and immune to a busy machine. Modules
     opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import os
+
     import torch
 
-    n = torch.get_num_threads()
+    n, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    # and the x2vlm commands called in-process keep it (x2core.data.threads honours the
+    # variable instead of setting cores less workers)
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(n)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from x2core.data.threads import batches
 from x2core.errors import InputError
 from x2core.train.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
                           load_image, maybe_progress, move_to, text_processor)
@@ -108,7 +109,7 @@ class ClassificationHead(HeadBase):
         loader = torch.utils.data.DataLoader(data.dataset, batch_size=batch_size, collate_fn=data.collate)
         text_feat = self.class_text_features()
         preds = []
-        for batch in maybe_progress(loader, progress, "eval classification"):
+        for batch in maybe_progress(batches(loader), progress, "eval classification", total=len(loader)):
             batch = move_to(batch, self.device)
             embeds, _, _ = self.model.encode_image(batch["image"])
             head = self.cls_head(embeds[:, 0]).argmax(1).tolist()

@@ -15,6 +15,7 @@ import torch
 from x2core.errors import InputError
 from x2core.train.heads import (EvalResult, HeadBase, HeadData, StoreDataset, collate, image_res,
                           load_image, pick_texts, read_record, text_processor)
+from x2core.data.threads import DATA_THREADS, intra_op_threads
 from x2core.eval.ranking import retrieval_rank
 from x2core.model.losses import itc_loss
 from x2core.eval.metrics.retrieval import recall_from_topk
@@ -116,7 +117,9 @@ class RetrievalHead(HeadBase):
 
         def images():
             for s in range(0, len(store), batch_size):
-                yield torch.stack([visual(j) for j in range(s, min(s + batch_size, len(store)))])
+                with intra_op_threads(DATA_THREADS):  # decoding, as a DataLoader worker would
+                    batch = torch.stack([visual(j) for j in range(s, min(s + batch_size, len(store)))])
+                yield batch
         ranked = retrieval_rank(self.model, images(), ids, atts, k_test=o.k_test,
                                 chunk_size=o.chunk_size, batch_size=batch_size,
                                 itm_batch_size=o.itm_batch_size, progress=progress)

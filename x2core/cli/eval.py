@@ -30,6 +30,8 @@ def run(args) -> int:
         head = resolve(args.checkpoint).head
         base = {"head": head.name if head is not None else ""}
     cfg = load_finetune_config(config, overrides, base=base)
+    from x2core.train.runtime import apply_run_threads
+    apply_run_threads(cfg)  # threads: cores less data workers unless set (x2core.data.threads)
     results = evaluate(cfg, args.checkpoint)
     for split, metrics in results.items():
         print(f"{split}: " + "  ".join(f"{k}={v:.2f}" for k, v in metrics.items()))

@@ -34,6 +34,8 @@ def run(args) -> int:
 
     config, overrides, args.resume = split_config_arg(args, "pretrain")
     cfg = load_train_config(config, overrides)
+    from x2core.train.runtime import apply_run_threads
+    apply_run_threads(cfg)  # threads: cores less data workers unless set (x2core.data.threads)
     if args.print_config:
         check_model_config(cfg)
         print(json.dumps(to_dict(cfg), indent=2))

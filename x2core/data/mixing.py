@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from x2core.data.seeding import derive_seed
+from x2core.data.threads import batches
 from x2core.errors import ConfigError, X2Error
 
 __all__ = ["StreamSpec", "MixedLoader", "EpochBatchSampler"]
@@ -163,7 +164,7 @@ class MixedLoader:
         loader = DataLoader(spec.dataset, batch_sampler=self._sampler(name, epoch, batch),
                             collate_fn=spec.collate_fn, num_workers=spec.num_workers,
                             pin_memory=self.pin_memory, generator=gen, **kwargs)
-        it = iter(loader)
+        it = batches(loader)  # 0 workers: each batch made at 1 intra-op thread
         self._iters[name] = it
         return it
 

@@ -16,6 +16,7 @@ from x2core.model.boxes import box_cxcywh_to_xyxy, box_iou
 from x2core.eval.metrics.boxes import iou_accuracy
 from x2core.eval.metrics.retrieval import recall_from_topk
 from x2core.data.text import pick_texts
+from x2core.data.threads import DATA_THREADS, intra_op_threads
 from x2core.utils.progress import maybe_progress
 
 
@@ -225,7 +226,8 @@ def evaluate_retrieval_store(model, store, *, lang: str = "en", max_tokens: int 
         caps = pick_texts(rec, lang)
         if not caps:
             continue
-        images.append(load(rec, f"{reader.path}: record {i}"))
+        with intra_op_threads(DATA_THREADS):  # decoding, as a DataLoader worker would
+            images.append(load(rec, f"{reader.path}: record {i}"))
         img2txt.append(list(range(len(texts), len(texts) + len(caps))))
         txt2img.extend([len(images) - 1] * len(caps))
         texts.extend(caps)
@@ -265,9 +267,10 @@ def predict_boxes_store(model, store, *, lang: str = "en", max_tokens: int = 40,
     images: list[torch.Tensor] = []
     for i in maybe_progress(range(n), progress, f"grounding ({lang})"):
         rec = reader[i]
-        img = decode_image(rec["image"])
-        w, h = img.size
-        images.append(eval_image_transform(img, res))
+        with intra_op_threads(DATA_THREADS):
+            img = decode_image(rec["image"])
+            w, h = img.size
+            images.append(eval_image_transform(img, res))
         for region in rec.get("regions") or []:
             for text in pick_texts(region, lang)[:1]:
                 x, y, bw, bh = region["bbox"]

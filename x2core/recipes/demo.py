@@ -148,7 +148,8 @@ def train_config(cfg: DemoConfig, paths: dict[str, str]):
         "masking": {"max_masks": 4},
         "optim": {"lr": cfg.lr, "weight_decay": 0.01},
         "schedule": {"name": "cosine", "warmup": cfg.warmup},
-        "steps": cfg.steps, "seed": cfg.seed, "output_dir": str(Path(cfg.out_dir) / "run"),
+        "steps": cfg.steps, "seed": cfg.seed, "threads": cfg.threads,
+        "output_dir": str(Path(cfg.out_dir) / "run"),
         "log_every": 10, "ckpt_every": max(100, cfg.steps // 4), "keep_last": 1,
         "tensorboard": True, "progress": cfg.progress, "precision": "fp32",
     })

@@ -100,7 +100,7 @@ def english_config(cfg: MultilingualDemoConfig, paths: dict[str, str]):
         "masking": {"max_masks": 4},
         "optim": {"lr": cfg.lr, "weight_decay": 0.01},
         "schedule": {"name": "cosine", "warmup": 0.05},
-        "steps": cfg.english_steps, "seed": cfg.seed,
+        "steps": cfg.english_steps, "seed": cfg.seed, "threads": cfg.threads,
         "output_dir": str(Path(cfg.out_dir) / "english"),
         "log_every": 10, "ckpt_every": cfg.english_steps, "keep_last": 1,
         "tensorboard": False, "progress": cfg.progress, "precision": "fp32"})
@@ -119,7 +119,7 @@ def multilingual_config(cfg: MultilingualDemoConfig, paths: dict[str, str], swap
         "optim": {"lr": cfg.ml_lr, "vision_lr": cfg.ml_vision_lr, "text_lr": cfg.ml_text_lr,
                   "fusion_lr": cfg.ml_fusion_lr, "lr_mult": cfg.lr_mult, "weight_decay": 0.01},
         "schedule": {"name": "cosine", "warmup": 0.05},
-        "steps": cfg.multilingual_steps, "seed": cfg.seed + 1,
+        "steps": cfg.multilingual_steps, "seed": cfg.seed + 1, "threads": cfg.threads,
         "output_dir": str(Path(cfg.out_dir) / "multilingual"),
         "log_every": 10, "ckpt_every": cfg.multilingual_steps, "keep_last": 1,
         "tensorboard": False, "progress": cfg.progress, "precision": "fp32"})

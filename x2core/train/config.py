@@ -108,6 +108,9 @@ class RunConfig:
     device: str = "auto"             # one process: auto (cuda when available), cpu, cuda:1, ...;
                                      # under torchrun each rank uses its own GPU
     seed: int = 42
+    # torch intra-op threads of the main process; null: cores (per rank on this node) minus
+    # the data workers, at least 1, unless OMP_NUM_THREADS is set (x2core.data.threads)
+    threads: Optional[int] = None
     output_dir: str = "runs/x2vlm"
     log_every: int = 10
     progress: bool = True
@@ -116,6 +119,9 @@ class RunConfig:
         for name in ("grad_accum", "log_every", "max_nonfinite"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}' must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"config field 'threads' must be >= 1 (null: the cores less the data "
+                              f"workers), got {self.threads}")
 
 
 @dataclass

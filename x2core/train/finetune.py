@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from x2core.config import to_dict
+from x2core.data.threads import batches
 from x2core.errors import CheckpointError, ConfigError
 from x2core.utils.atomic import atomic_write
 from x2core.utils.device import autocast_for, move_to
@@ -219,7 +220,7 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
         # pickles the dataset into the workers (not persistent: they restart every epoch)
         _set_data_epoch(loader.dataset, epoch, cfg.seed)
         micro = 0
-        for batch in loader:
+        for batch in batches(loader):  # 0 workers: each batch made at 1 intra-op thread
             micro += 1
             # Batches past the last full accumulation are skipped, not carried into the next
             # epoch's first update: every epoch is self-contained, so --resume is exact.

@@ -46,6 +46,7 @@ from x2core.config import from_dict
 from x2core.errors import ConfigError, InputError, X2Error
 from x2core.utils.progress import maybe_progress  # noqa: F401  (part of the head contract)
 from x2core.data.seeding import sample_rng
+from x2core.data.threads import batches
 from x2core.data.text import pick_texts  # noqa: F401  (part of the head contract)
 from x2core.utils.device import move_to  # noqa: F401  (part of the head contract)
 
@@ -227,7 +228,7 @@ class HeadBase(nn.Module):
         loader = torch.utils.data.DataLoader(data.dataset, batch_size=batch_size, shuffle=False,
                                              collate_fn=data.collate)
         preds: list[dict] = []
-        for batch in maybe_progress(loader, progress, f"eval {self.name}"):
+        for batch in maybe_progress(batches(loader), progress, f"eval {self.name}", total=len(loader)):
             preds.extend(self.predict(move_to(batch, self.device)))
         return EvalResult(self.compute_metrics(preds), preds)
 

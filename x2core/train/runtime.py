@@ -88,12 +88,30 @@ def pick_device(name: str) -> torch.device:
 
 
 def setup(cfg) -> distributed.DistInfo:
-    """Join the process group when launched by torchrun; ``info.device`` is where this rank
+    """Join the process group when launched by torchrun and set the main process's intra-op
+    threads (``cfg.threads``, x2core.data.threads); ``info.device`` is where this rank
     runs: its own GPU under torchrun, else ``cfg.device`` (auto: CUDA when available)."""
     info = distributed.setup()
+    apply_run_threads(cfg, auto=False)  # the x2vlm commands have applied the whole rule
     if info.enabled or cfg.device == "auto":
         return info
     return dataclasses.replace(info, device=pick_device(cfg.device))
+
+
+def apply_run_threads(cfg, *, auto: bool = True) -> int:
+    """The main process's intra-op threads for run ``cfg`` (x2core.data.threads): its
+    ``threads``, or with ``auto`` the cores less the data workers; returns the count."""
+    from x2core.data.threads import apply_main_threads
+    return apply_main_threads(getattr(cfg, "threads", None), data_workers(cfg), auto=auto)
+
+
+def data_workers(cfg) -> int:
+    """DataLoader worker processes a run starts: every pretraining stream's, or the
+    fine-tune loader's ``num_workers``."""
+    streams = getattr(cfg, "data", None)
+    if isinstance(streams, dict):
+        return sum(int(s.num_workers) for s in streams.values())
+    return int(getattr(cfg, "num_workers", 0) or 0)
 
 
 def write_run_config(out_dir: Path, cfg) -> None:
