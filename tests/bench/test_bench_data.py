@@ -236,3 +236,39 @@ def test_dataloader(benchmark, data, text, workers, store):
         del loader
     benchmark.extra_info["workers"] = workers
     benchmark.extra_info["cpus"] = os.cpu_count()
+
+
+def test_zero_worker_thread_cap_ratio(benchmark, data, text):
+    """The 0-worker DataLoader with the main process at 2 intra-op threads: batches made at
+    those 2 threads (before) vs at 1 (x2core.data.threads.batches), interleaved round by
+    round in one run. On a busy 2-core machine the 2-thread path is the one that collapses."""
+    from x2core.data.threads import batches
+
+    ds = ImageTextDataset(data["store_full"], text, image_res=RES)
+    loader = DataLoader(ds, batch_size=32, collate_fn=collate_image_text, num_workers=0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def plain():
+            for _ in loader:
+                pass
+
+        def capped():
+            for _ in batches(loader):
+                pass
+
+        t_plain, t_capped = [], []
+        plain(), capped()
+        for _ in range(5):
+            for fn, acc in ((plain, t_plain), (capped, t_capped)):
+                t0 = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t0)
+        run(benchmark, capped, rounds=3)
+    finally:
+        torch.set_num_threads(before)
+    benchmark.extra_info["capped_over_plain_speed"] = round(min(t_plain) / min(t_capped), 3)
+    benchmark.extra_info["plain_samples_per_s"] = [round(N / t, 1) for t in t_plain]
+    benchmark.extra_info["capped_samples_per_s"] = [round(N / t, 1) for t in t_capped]
+    print(f"\n0 workers, main at 2 threads: plain {[round(N / t) for t in t_plain]} samples/s, "
+          f"batches at 1 thread {[round(N / t) for t in t_capped]} samples/s")
