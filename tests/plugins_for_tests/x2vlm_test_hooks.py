@@ -11,6 +11,10 @@
 * ``X2VLM_TEST_COUNT_RERANK=1``: from the first step on, the ITM rerank counts the
   (query, candidate) pairs this rank scores; at the end of training they are written to
   ``output_dir/rerank_pairs_rank{R}.json``.
+* ``X2VLM_TEST_SAMPLE_LOG=DIR``: every image-text batch the training loop takes from its
+  loader is logged to ``DIR/rank{R}.jsonl`` as ``{"step", "stream", "keys": [[epoch,
+  index, worker], ...]}`` (``worker``: the DataLoader worker that made the sample, -1 in
+  the main process); the extra field is removed before the batch reaches the model.
 """
 import json
 import os
@@ -36,6 +40,46 @@ def _count_rerank_pairs() -> None:
         _PAIRS[0] += cand.numel()
         return real(model, img_embeds, txt_embeds, txt_atts, query_is_image, cand, *args, **kwargs)
     ranking.rerank_itm = counting
+
+
+def _log_samples(log_dir: str) -> None:
+    """Patch the image-text dataset, its collate and the mixing loader (see the docstring)."""
+    from x2core.data import collate, datasets, mixing
+
+    get_item = datasets.ImageTextDataset.__getitem__
+
+    def getitem(self, key):
+        sample = get_item(self, key)
+        info = torch.utils.data.get_worker_info()
+        sample["x2vlm_test_key"] = [int(sample["key"][1]), int(sample["idx"]),
+                                    -1 if info is None else info.id]
+        return sample
+    datasets.ImageTextDataset.__getitem__ = getitem
+
+    collate_image_text = collate.collate_image_text
+
+    def collate_logged(items):
+        out = collate_image_text(items)
+        out["x2vlm_test_keys"] = torch.tensor([it["x2vlm_test_key"] for it in items])
+        return out
+    collate.collate_image_text = collate_logged
+
+    real_next = mixing.MixedLoader.__next__
+
+    def next_logged(self):
+        step = self.step
+        out = real_next(self)
+        for name, batch in out.items():
+            if isinstance(batch, dict) and "x2vlm_test_keys" in batch:
+                keys = batch.pop("x2vlm_test_keys").tolist()
+                with open(os.path.join(log_dir, f"rank{self.rank}.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": step, "stream": name, "keys": keys}) + "\n")
+        return out
+    mixing.MixedLoader.__next__ = next_logged
+
+
+if os.environ.get("X2VLM_TEST_SAMPLE_LOG"):
+    _log_samples(os.environ["X2VLM_TEST_SAMPLE_LOG"])
 
 
 @hookimpl

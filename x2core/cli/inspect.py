@@ -1,4 +1,5 @@
-"""``x2vlm inspect DIR``: what an LMDB store holds; ``--verify`` decodes every record."""
+"""``x2vlm inspect DIR``: what an LMDB store (or shard set) holds; ``--verify`` decodes
+every record and, on a shard set, recomputes every shard's checksum."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,8 @@ Without --verify only the metadata and a few records are read (fast on any size)
 (first and last mp4 frame with decord, every pre-extracted frame), checks the
 record fields (texts, boxes inside the stored image, NLVR2 pairs) and lists the
 problems; the exit status is 1 when there are any, or when the store is empty.
+On a shard set (DIR/shards.json) the shard table is shown, records are numbered
+across the shards, and --verify also recomputes each shard's checksum.
 
 examples:
   x2vlm inspect stores/coco_train
@@ -51,10 +54,16 @@ def run(args) -> int:
     for key in ("answer_list", "ans2label"):
         if key in meta:
             summary[key] = f"{len(meta[key])} entries"
+    from x2core.data.shards import describe_shards, verify_checksums
+    shards = describe_shards(reader)
+    if shards is not None:
+        summary["shards"] = shards
     problems, checked = [], 0
     if args.verify:
         progress = not args.no_progress and sys.stderr.isatty()
         problems, checked = verify(reader, progress=progress)
+        if shards is not None:
+            problems.extend(verify_checksums(reader))
         summary["verified"] = checked
         summary["problems"] = len(problems)
     if args.json:
@@ -81,6 +90,12 @@ def _print(s: dict, problems: list[str], args) -> None:
             print(f"{key + ':':16s}{s[key]}")
     if s.get("created"):
         print(f"created:        {s['created']}")
+    if s.get("shards"):
+        print(f"shards:         {len(s['shards'])}")
+        print(f"    {'name':12s} {'records':>8s} {'first':>8s}  {'entries':15s} checksum")
+        for sh in s["shards"]:
+            span = "{}..{}".format(*sh["entries"]) if sh.get("entries") else "?"
+            print(f"    {sh['name']:12s} {sh['count']:8d} {sh['first']:8d}  {span:15s} {sh['checksum']}")
     for i, sample in enumerate(s["samples"]):
         print(f"record {i}:")
         for k, v in sample.items():

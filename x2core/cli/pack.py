@@ -21,11 +21,16 @@ every record is bad, or more than --max-bad-fraction of them. Videos are decoded
 An interrupted pack (Ctrl-C, kill -9, a bad record) resumes where it stopped when
 the same command is run again; re-running a finished pack is a no-op.
 
+--shards N / --shard-size K write a shard set (DIR/shard-00000/..., DIR/shards.json
+written last); every command that reads a store reads it as one. --jobs J packs J
+shards in parallel; a killed sharded pack resumes shard by shard.
+
 examples:
   x2vlm pack image-text --ann cc3m.jsonl --images /data/cc3m --out stores/cc3m --max-side 384
   x2vlm pack retrieval --ann coco_test.json --images /data/coco --out stores/coco_test
   x2vlm pack vqa --ann vqa_train.json --answer-list answer_list.json --images /data --out stores/vqa
   x2vlm pack multilingual --ann en=test_en.jsonl de=test_de.jsonl --images /data/flickr --out stores/xf
+  x2vlm pack image-text --ann laion.jsonl --images /data/laion --out stores/laion --shards 64 --jobs 8
 """
 
 
@@ -42,7 +47,7 @@ def add_arguments(parser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG.format(formats=_formats_help())
     parser.add_argument("format", metavar="FORMAT", help="dataset format name (see below)")
-    parser.add_argument("--ann", nargs="+", required=True, metavar="FILE",
+    parser.add_argument("--ann", nargs="+", default=None, metavar="FILE",
                         help="annotation file(s): JSON list or JSON lines; LANG=FILE gives the "
                              "language of a file's plain captions (multilingual)")
     parser.add_argument("--images", metavar="ROOT", default=None,
@@ -76,8 +81,35 @@ def add_arguments(parser) -> None:
                              "only: a pickle naming any code is refused)")
     parser.add_argument("--instances", default=None, metavar="FILE",
                         help="refcoco: the REFER instances.json (boxes)")
+    parser.add_argument("--layout", default=None, metavar="NAME",
+                        help="the annotation files' layout, when detection from their content "
+                             "should be overridden (layouts are listed with the formats below)")
+    parser.add_argument("--split", default=None, metavar="SPLIT",
+                        help="karpathy: train|restval|val|test, joined with '+' "
+                             "(train+restval: the reference's training set); msrvtt: "
+                             "train|validate|test")
+    parser.add_argument("--exclude-videos", default=None, metavar="FILE",
+                        help="msrvtt: leave out the videos this file lists (the 1k-A test CSV, or "
+                             "one id a line); with --split train+validate+test: the 9k training split")
+    parser.add_argument("--questions", nargs="+", default=None, metavar="FILE",
+                        help="vqa: the VQA v2 questions file(s) (instead of --ann)")
+    parser.add_argument("--annotations", nargs="+", default=None, metavar="FILE",
+                        help="vqa: the VQA v2 annotations file(s) (train/val: answers + weights)")
+    parser.add_argument("--min-answer-count", type=int, default=None, metavar="N",
+                        help="vqa-v2 without --answer-list: answers of at least N questions "
+                             "make the answer list (default 9)")
+    parser.add_argument("--classes", default=None, metavar="FILE",
+                        help="classification: the class names (JSON list, or one a line)")
     parser.add_argument("--commit-every", type=int, default=1000, metavar="N",
                         help="records per LMDB transaction (default 1000); a kill loses at most these")
+    parser.add_argument("--shards", type=int, default=None, metavar="N",
+                        help="write a shard set: N LMDB shards DIR/shard-00000... plus DIR/shards.json "
+                             "(counts, checksums, pack arguments), raw entries split evenly")
+    parser.add_argument("--shard-size", type=int, default=None, metavar="K",
+                        help="write a shard set of K raw entries per shard (the last one shorter)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="J",
+                        help="with --shards/--shard-size: pack J shards at a time in parallel "
+                             "processes (default 1)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing store made with other arguments")
     parser.add_argument("--no-progress", action="store_true",
@@ -90,11 +122,19 @@ def run(args) -> int:
 
     options = {"caption_key": args.caption_key, "image_key": args.image_key,
                "answer_list": _abs(args.answer_list), "refs": _abs(args.refs),
-               "instances": _abs(args.instances)}
-    report = pack(args.format, args.ann, args.images, args.out, skip_bad=args.skip_bad,
+               "instances": _abs(args.instances), "layout": args.layout, "split": args.split,
+               "annotations": [_abs(a) for a in args.annotations] if args.annotations else None,
+               "min_answer_count": args.min_answer_count, "classes": _abs(args.classes),
+               "exclude_videos": _abs(args.exclude_videos)}
+    ann = list(args.ann or []) + list(args.questions or [])
+    if not ann:
+        from x2core.errors import ConfigError
+        raise ConfigError("pack needs --ann FILE... (or --questions FILE... for VQA v2)")
+    report = pack(args.format, ann, args.images, args.out, skip_bad=args.skip_bad,
                   max_side=args.max_side, lang=args.lang, commit_every=args.commit_every,
                   progress=False if args.no_progress else None, overwrite=args.overwrite,
-                  max_bad_fraction=args.max_bad_fraction, **options)
+                  max_bad_fraction=args.max_bad_fraction, shards=args.shards,
+                  shard_size=args.shard_size, jobs=args.jobs, **options)
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0
@@ -104,8 +144,14 @@ def run(args) -> int:
     resumed = f", resumed after {report['resumed_from']}" if report.get("resumed_from") else ""
     skipped = report["skipped"]["count"]
     langs = ", ".join(f"{k} {v}" for k, v in report["text_counts"].items()) or "none"
+    if "shards" in report:
+        resumed = (f", {report['resumed_shards']} shard(s) resumed or kept"
+                   if report.get("resumed_shards") else "")
     print(f"packed {report['count']} records ({report['format']}) into {report['out']} "
           f"in {report['seconds']:.1f}s{resumed}; texts: {langs}")
+    if "shards" in report:
+        print(f"{len(report['shards'])} shards: " + ", ".join(
+            f"{s['name']} {s['count']}" for s in report["shards"]))
     if skipped:
         fields = ", ".join(f"{k} {v}" for k, v in report["skipped"]["by_field"].items())
         print(f"skipped {skipped} bad records ({fields}); see {os.path.join(report['out'], 'pack_report.json')}",

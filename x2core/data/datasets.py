@@ -143,8 +143,9 @@ def _has_caption(texts: Mapping | None, langs: Sequence[str] | None) -> bool:
 
 
 def record_texts(record: Mapping) -> list[str]:
-    """Every caption of a record, whole-image and region, in any language (values that
-    are not strings are skipped: reading the record reports those)."""
+    """Every caption of a record, whole-image and region (or both sides of a translation
+    pair), in any language (values that are not strings are skipped: reading the record
+    reports those)."""
     out: list[str] = []
 
     def add(texts):
@@ -153,6 +154,8 @@ def record_texts(record: Mapping) -> list[str]:
                                    if isinstance(caps, list) else ()) if isinstance(c, str))
 
     add(record.get("texts"))
+    # parallel-text records (x2core.data.parallel_text): the two sides of the pair
+    out.extend(t for t in (record.get("source_text"), record.get("target_text")) if isinstance(t, str))
     regions = record.get("regions")
     for reg in regions if isinstance(regions, list) else ():
         if isinstance(reg, Mapping):

@@ -6,18 +6,19 @@ may have a clean auxiliary stream that takes its place on a share of the steps (
 reference's ``aux_iter_perc``)."""
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from x2core.data.seeding import derive_seed
 from x2core.data.threads import batches
 from x2core.errors import ConfigError, X2Error
 
-__all__ = ["StreamSpec", "MixedLoader", "EpochBatchSampler"]
+__all__ = ["StreamSpec", "MixedLoader", "EpochBatchSampler", "ShardedBatchSampler"]
 
 # --- sampling and mixing ----------------------------------------------------------------------
 
@@ -83,6 +84,91 @@ class EpochBatchSampler:
             epoch, start = epoch + 1, 0
 
 
+class ShardedBatchSampler(EpochBatchSampler):
+    """:class:`EpochBatchSampler` over a shard set: each (rank, worker) reads a few shards.
+
+    ``counts``: records per shard (global indices are the shards concatenated, as in
+    :class:`~x2core.data.shards.ShardedReader`). The job has ``slots = world_size x
+    workers`` readers; slot ``rank * workers + w`` is worker ``w`` of ``rank``
+    (``workers`` = the stream's ``num_workers``, 0 counting as 1).
+
+    Epoch ``e``: the shards are put in an order shuffled by ``(seed, name, e)`` and their
+    records concatenated in that order; the first ``slots * per_slot`` positions, where
+    ``per_slot = (n // slots) // batch_size * batch_size``, are cut into ``slots``
+    contiguous, equal ranges, one per slot, and each range is shuffled by ``(seed, name,
+    e, slot)``. So a slot reads one contiguous stretch of (usually one or two) shards,
+    every slot the same number of samples, and each sample is read at most once per epoch
+    job-wide; the ``n - slots * per_slot`` positions at the end of the shuffled order
+    (fewer than ``slots * batch_size``: the tail of the last shards, other ones each
+    epoch) are dropped that epoch -- :class:`EpochBatchSampler`'s drop-the-last-partial-
+    batch rule, which keeps every rank's batch count equal. With ``n`` a multiple of
+    ``slots * batch_size`` every sample is seen exactly once per epoch.
+
+    A rank's batches interleave its workers' slots, batch ``b`` of the epoch from slot
+    ``rank * workers + b % workers``, matching the DataLoader's round-robin hand-out of
+    batches to workers; ``batches_per_epoch`` is a multiple of ``workers``. A resume at
+    batch ``b`` restarts the hand-out at worker 0, so worker ``w`` then reads slot
+    ``(w + b) % workers``: still one slot per worker, and the batches are the same ones.
+    The position is the inherited ``(epoch, batch)``; an exact resume needs the same
+    ranks x workers (another layout is another, equally valid, data order).
+    """
+
+    def __init__(self, counts, batch_size: int, *, seed: int, name: str = "", rank: int = 0,
+                 world_size: int = 1, workers: int = 1, epoch: int = 0, batch: int = 0):
+        self.counts = [int(c) for c in counts]
+        self.workers = max(1, int(workers))
+        self.offsets = [0]
+        for c in self.counts:
+            self.offsets.append(self.offsets[-1] + c)
+        super().__init__(self.offsets[-1], batch_size, seed=seed, name=name, rank=rank,
+                         world_size=world_size, epoch=epoch, batch=batch)
+
+    @property
+    def slots(self) -> int:
+        return self.world_size * self.workers
+
+    @property
+    def per_slot(self) -> int:
+        """Samples each slot reads per epoch."""
+        return (self.n // self.slots) // self.batch_size * self.batch_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.workers * (self.per_slot // self.batch_size)
+
+    def shard_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(derive_seed("shards", self.seed, self.name, epoch))
+        return torch.randperm(len(self.counts), generator=g).tolist()
+
+    def slot_indices(self, epoch: int, slot: int) -> torch.Tensor:
+        """The global indices slot ``slot`` reads in ``epoch``, in order: (per_slot,) int64."""
+        lo, hi = slot * self.per_slot, (slot + 1) * self.per_slot
+        parts, pos = [], 0
+        for k in self.shard_order(epoch):
+            a, b = max(lo, pos), min(hi, pos + self.counts[k])
+            if a < b:  # this shard's records at positions [a, b) of the shuffled order
+                start = self.offsets[k] - pos
+                parts.append(torch.arange(a + start, b + start))
+            pos += self.counts[k]
+            if pos >= hi:
+                break
+        idx = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        g = torch.Generator().manual_seed(derive_seed("perm", self.seed, self.name, epoch, slot))
+        return idx[torch.randperm(len(idx), generator=g)]
+
+    def slot_shards(self, epoch: int, slot: int) -> list[int]:
+        """The shards slot ``slot`` reads in ``epoch`` (ascending)."""
+        idx = self.slot_indices(epoch, slot)
+        return sorted({bisect.bisect_right(self.offsets, i) - 1 for i in idx.tolist()})
+
+    def shard(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices of ``epoch``, in batch order (its workers interleaved)."""
+        bs, w = self.batch_size, self.workers
+        per = [self.slot_indices(epoch, self.rank * w + j).view(-1, bs) for j in range(w)]
+        # (batches per slot, workers, bs): batch b of the epoch is batch b // w of slot b % w
+        return torch.stack(per, dim=1).reshape(-1)
+
+
 @dataclass
 class StreamSpec:
     """One stream of a :class:`MixedLoader`.
@@ -93,6 +179,9 @@ class StreamSpec:
     step this stream contributes, with probability ``aux_iter_perc`` the batch comes
     from ``aux`` instead (yielded under this stream's name). The aux stream is never
     yielded under its own name.
+    ``shards``: records per shard when the dataset reads a shard set (its records in
+    shard order): the stream then samples with :class:`ShardedBatchSampler`, so each
+    rank and worker reads only a few shards.
     """
     dataset: Dataset
     batch_size: int
@@ -102,6 +191,7 @@ class StreamSpec:
     prefetch_factor: int | None = None
     aux: str | None = None
     aux_iter_perc: float = 0.0
+    shards: Sequence[int] | None = None
 
 
 class MixedLoader:
@@ -137,13 +227,32 @@ class MixedLoader:
         self.streams = dict(streams)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self._nb = {name: self._sampler(name, 0, 0).batches_per_epoch for name in self.streams}
+        # An iterable stream (web-dataset shards) splits itself by rank and worker and keeps
+        # its own position (bind/advance/state_dict); map-style streams use the sampler.
+        for spec in self.streams.values():
+            if isinstance(spec.dataset, IterableDataset):
+                spec.dataset.bind(rank=self.rank, world_size=self.world_size, num_workers=spec.num_workers)
+        self._nb = {name: self._sampler(name, 0, 0).batches_per_epoch for name in self.streams
+                    if not self._iterable(name)}
         self._pos = {name: [0, 0] for name in self.streams}
         self.step = 0
         self._iters: dict[str, Any] = {}
 
+    def _iterable(self, name: str) -> bool:
+        return isinstance(self.streams[name].dataset, IterableDataset)
+
+    def _batching(self, name: str, epoch: int, batch: int) -> dict:
+        """DataLoader batching arguments: an iterable stream batches in its workers."""
+        if self._iterable(name):
+            return {"batch_size": self.streams[name].batch_size}
+        return {"batch_sampler": self._sampler(name, epoch, batch)}
+
     def _sampler(self, name: str, epoch: int, batch: int) -> EpochBatchSampler:
         spec = self.streams[name]
+        if spec.shards is not None:
+            return ShardedBatchSampler(spec.shards, spec.batch_size, seed=self.seed, name=name,
+                                       rank=self.rank, world_size=self.world_size,
+                                       workers=spec.num_workers, epoch=epoch, batch=batch)
         return EpochBatchSampler(len(spec.dataset), spec.batch_size, seed=self.seed, name=name,
                                  rank=self.rank, world_size=self.world_size, epoch=epoch,
                                  batch=batch)
@@ -161,7 +270,7 @@ class MixedLoader:
         # training step (ITM negatives, dropout) after a resume restarts the iterators.
         gen = torch.Generator().manual_seed(derive_seed("loader", self.seed, name, epoch, self.rank)
                                             % (2 ** 63))
-        loader = DataLoader(spec.dataset, batch_sampler=self._sampler(name, epoch, batch),
+        loader = DataLoader(spec.dataset, **self._batching(name, epoch, batch),
                             collate_fn=spec.collate_fn, num_workers=spec.num_workers,
                             pin_memory=self.pin_memory, generator=gen, **kwargs)
         it = batches(loader)  # 0 workers: each batch made at 1 intra-op thread
@@ -192,6 +301,8 @@ class MixedLoader:
         if it is None:  # (no `or`: truthiness would ask the iterator for its length)
             it = self._start(source)
         batch = next(it)
+        if self._iterable(source):
+            return self.streams[source].dataset.advance(batch)
         pos = self._pos[source]
         pos[1] += 1
         if pos[1] >= self._nb[source]:
@@ -213,10 +324,11 @@ class MixedLoader:
 
     def state_dict(self) -> dict:
         """Plain-Python position: ``step`` and, per stream, the epoch and the batches
-        consumed in it."""
+        consumed in it (an iterable stream: its own ``state_dict()``)."""
         return {"step": self.step, "seed": self.seed, "rank": self.rank,
                 "world_size": self.world_size,
-                "streams": {name: {"epoch": e, "batch": b} for name, (e, b) in self._pos.items()}}
+                "streams": {name: self.streams[name].dataset.state_dict() if self._iterable(name)
+                            else {"epoch": e, "batch": b} for name, (e, b) in self._pos.items()}}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state``: the next batch is the one the saved loader would
@@ -230,6 +342,9 @@ class MixedLoader:
         self.step = step
         for name in self.streams:
             pos = streams.get(name)
+            if self._iterable(name):  # its own (epoch, shards finished) per worker
+                self.streams[name].dataset.load_state_dict(pos)
+                continue
             if pos is None:
                 self._pos[name] = [0, 0]
                 continue

@@ -109,7 +109,8 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
          skip_bad: bool = False, max_side: int | None = None, lang: str = "en",
          commit_every: int = 1000, map_size: int = 1 << 30, progress: bool | None = None,
          overwrite: bool = False, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
-         **format_args: Any) -> dict:
+         shards: int | None = None, shard_size: int | None = None, jobs: int = 1,
+         entry_range: tuple[int, int] | None = None, **format_args: Any) -> dict:
     """Pack annotations into the store ``out_dir`` and return a report dict.
 
     ``ann_files`` are paths, or ``LANG=PATH`` for formats that take a language per
@@ -122,6 +123,10 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
     re-running it on a finished store is a no-op returning the stored report; other
     arguments on an existing store are an error unless ``overwrite``.
     ``progress=None`` shows a bar only when stderr is a terminal.
+
+    ``shards`` / ``shard_size`` make ``out_dir`` a shard set (:mod:`x2core.data.shards`),
+    its shards packed ``jobs`` at a time; ``entry_range=(start, stop)`` packs only those raw
+    entries (one shard's; part of the pack's identity).
     """
     from x2core.data.languages import lang_hint, normalize_lang
 
@@ -131,8 +136,11 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
     specs = [split_ann_spec(f) for f in ann_files]
     if not specs:
         raise ConfigError("pack needs at least one annotation file (--ann)")
+    reg = registry("datasets").get(format_name)
+    # a format reading folders (an ImageNet-style class tree) says so
+    folders_ok = bool(getattr(reg.factory, "reads_folders", False))
     for _, f in specs:
-        if not os.path.isfile(f):
+        if not (os.path.isfile(f) or folders_ok and os.path.isdir(f)):
             raise InputError(f"annotation file not found: {f}")
     ann_files = [os.path.abspath(f) for _, f in specs]
     file_langs = {os.path.abspath(f): l for l, f in specs if l is not None}
@@ -156,7 +164,6 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
     if progress is None:
         progress = sys.stderr.isatty()
 
-    reg = registry("datasets").get(format_name)
     try:
         reader = reg.factory(ann_files, images_root, max_side=max_side, lang=lang, **format_args)
     except TypeError as exc:  # an option this format does not take
@@ -172,6 +179,23 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
         "lang": lang,
         "format_args": _jsonable(format_args),
     }
+    if int(jobs) != 1 and shards is None and shard_size is None:
+        raise ConfigError("--jobs packs shards in parallel: give --shards N or --shard-size K too")
+    if shards is not None or shard_size is not None:
+        from x2core.data.shards import pack_shards
+        shard_pack = dict(format_name=format_name, ann_files=_original_specs(specs), images_root=images_root,
+                          skip_bad=skip_bad, max_side=max_side, lang=lang, commit_every=commit_every,
+                          map_size=map_size, max_bad_fraction=max_bad_fraction, **format_args)
+        shard_pack.pop("file_langs", None)  # pack() derives it again from the LANG=PATH specs
+        return pack_shards(reader, identity, out_dir, shards=shards, shard_size=shard_size,
+                           jobs=jobs, overwrite=overwrite, progress=progress, shard_pack=shard_pack)
+    from x2core.data.shards import SHARDS_FILE, EntryRange
+    if os.path.isfile(os.path.join(out_dir, SHARDS_FILE)):
+        raise InputError(f"{out_dir} holds a shard set ({SHARDS_FILE}); re-run its command with "
+                         f"--shards/--shard-size, or choose another --out")
+    if entry_range is not None:
+        reader = EntryRange(reader, *entry_range)
+        identity["entries"] = [int(entry_range[0]), int(entry_range[1])]
     sizes = [os.path.getsize(f) for f in ann_files]
     started = time.time()
 
@@ -265,6 +289,11 @@ def pack(format_name: str, ann_files: Iterable[str], images_root: str | None, ou
     report = _report(out_dir, meta, resumed_from=resumed_from, seconds=time.time() - started)
     _write_report(out_dir, report)
     return report
+
+
+def _original_specs(specs: list[tuple[str | None, str]]) -> list[str]:
+    """The ``--ann`` arguments again (``LANG=PATH`` where a language was given), absolute."""
+    return [f"{lang}={os.path.abspath(f)}" if lang else os.path.abspath(f) for lang, f in specs]
 
 
 def _stored_identity(writer) -> dict | None:

@@ -1,4 +1,5 @@
-"""The LMDB record store: one environment per dataset split.
+"""The LMDB record store: one environment per dataset split (or a shard set of them,
+:mod:`x2core.data.shards`, read through the same :class:`LmdbReader`).
 
 Layout of an environment (schema version 1):
 
@@ -364,7 +365,9 @@ def release(path: str | os.PathLike) -> None:
 
 
 class LmdbReader:
-    """Random access to a finished store; safe to hand to DataLoader workers.
+    """Random access to a finished store; safe to hand to DataLoader workers. On a path
+    that holds a shard set (``shards.json``) the constructor returns a
+    :class:`~x2core.data.shards.ShardedReader`, the same interface over every shard.
 
     The environment opens lazily on first access in each process (a fork is detected
     by pid and the handle reopened), and pickling keeps only the path, so fork and
@@ -373,6 +376,15 @@ class LmdbReader:
     another process re-packed the store, a new reader (and, from then on, every reader
     of that path in this process) reads the new store, metadata included.
     """
+
+    def __new__(cls, *args, **kwargs):
+        # A path holding shards.json is a shard set: read it as one store (x2core.data.shards).
+        path = args[0] if args else kwargs.get("path")
+        if cls is LmdbReader and path is not None:
+            from x2core.data.shards import ShardedReader, is_shard_set
+            if is_shard_set(path):
+                return super().__new__(ShardedReader)
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike, *, max_readers: int = 1024):
         self.path = os.fspath(path)

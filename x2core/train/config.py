@@ -1,6 +1,7 @@
 """Training configuration: YAML + dotlist overrides, checked against this schema."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -11,10 +12,10 @@ from x2core.data.masking import MaskingConfig
 
 @dataclass
 class StreamConfig:
-    """One data stream (an LMDB store) of the pretraining mix."""
+    """One data stream (an LMDB store, or web-dataset tar shards) of the pretraining mix."""
 
-    path: str = ""
-    kind: Literal["image", "region", "video"] = "image"
+    path: str = ""                   # webdataset streams: shards, e.g. 'laion/{00000..00099}.tar'
+    kind: Literal["image", "region", "video", "webdataset", "parallel-text"] = "image"
     batch_size: int = 8              # per rank; region streams: text rows per step
     max_images: Optional[int] = None  # region streams: images per step (default: batch_size // 2)
     iter_perc: float = 1.0           # loss weight of this stream (X2-VLM's run_mixed_iter)
@@ -31,14 +32,31 @@ class StreamConfig:
     num_frames: int = 3              # video streams
     # video streams: a sampler name, or {name: fps, target_fps: 2} (options go to its factory)
     frame_sampler: Union[str, dict[str, Any]] = "segment"
+    caption_field: str = "txt"       # webdataset streams: 'txt', or 'json:FIELD' of the sample's json
+    # This stream's MLM masking where it differs from the run's `masking` (null: the run's);
+    # CCLM's parallel-text stream masks 0.4 of its 64 tokens, at most 16.
+    mask_prob: Optional[float] = None
+    max_masks: Optional[int] = None
+
+    def masking_for(self, base: MaskingConfig) -> MaskingConfig:
+        """The run's masking ``base`` with this stream's overrides applied."""
+        overrides = {k: getattr(self, k) for k in ("mask_prob", "max_masks") if getattr(self, k) is not None}
+        return dataclasses.replace(base, **overrides)
 
     def validate(self, path: str = "") -> None:
+        if self.kind == "webdataset":  # the library, the shard pattern and the caption field
+            from x2core.data.webdataset_stream import check_shard_source
+            check_shard_source(self.path, self.caption_field, path)
         if not self.path:
             raise ConfigError(f"config field '{path}.path' is required (an LMDB store made by `x2vlm pack`)")
         if self.batch_size < 1:
             raise ConfigError(f"config field '{path}.batch_size' must be >= 1")
         if not 0.0 < self.ratio <= 1.0:
             raise ConfigError(f"config field '{path}.ratio' must be in (0, 1], got {self.ratio}")
+        if self.mask_prob is not None and not 0.0 < self.mask_prob <= 1.0:
+            raise ConfigError(f"config field '{path}.mask_prob' must be in (0, 1], got {self.mask_prob}")
+        if self.max_masks is not None and self.max_masks < 1:
+            raise ConfigError(f"config field '{path}.max_masks' must be >= 1, got {self.max_masks}")
         if self.kind == "video":  # a misspelt sampler option fails here, not in a data worker
             from x2core.data.video_datasets import frame_sampler_spec
             frame_sampler_spec(self.frame_sampler, f"{path}.frame_sampler")
@@ -175,6 +193,17 @@ class TrainConfig(RunConfig):
 
 
 @dataclass
+class FewShotConfig:
+    """IGLUE few-shot: ``k`` records per language, drawn with ``seed`` from each language's
+    training store (``train: {lang: store}``), replace the run's ``train`` store; the run
+    continues from ``init_from`` (the model fine-tuned on English). x2core.train.few_shot"""
+
+    k: int = 10
+    train: dict[str, str] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
 class FinetuneConfig(RunConfig):
     """A fine-tuning recipe (YAML + ``key=value`` overrides): a head trained for epochs."""
 
@@ -202,6 +231,7 @@ class FinetuneConfig(RunConfig):
     # of them (their mean). "auto": the head's default_best_metric; null: no best kept
     best_metric: Union[str, list[str], None] = "auto"
     best_mode: Literal["max", "min"] = "max"        # whether a higher or lower value is better
+    few_shot: Optional[FewShotConfig] = None        # IGLUE few-shot instead of `train`
 
     def validate(self, path: str = "") -> None:
         if not self.head:
@@ -218,6 +248,13 @@ class FinetuneConfig(RunConfig):
         if self.eval_every < 0:
             raise ConfigError(f"config field 'eval_every' must be >= 0 (0: the last epoch only), "
                               f"got {self.eval_every}")
+        if self.few_shot is not None:
+            if self.few_shot.k < 1 or not self.few_shot.train:
+                raise ConfigError("config field 'few_shot' needs k >= 1 and train: {lang: store}, "
+                                  f"got k={self.few_shot.k}, train={self.few_shot.train}")
+            if self.train:
+                raise ConfigError("config fields 'train' and 'few_shot' exclude each other: few-shot "
+                                  "trains on k records per language of few_shot.train only")
         splits = self.eval_stores()
         unknown = [s for s in self.eval_splits or () if s not in splits]
         if unknown:

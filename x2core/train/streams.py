@@ -1,10 +1,14 @@
 """Data streams of a training run: LMDB stores -> datasets -> one mixing loader.
 
-Each entry of ``cfg.data`` names one store made by ``x2vlm pack`` and its kind:
+Each entry of ``cfg.data`` names one store made by ``x2vlm pack`` (one environment or a
+shard set, read shard-aware: :class:`~x2core.data.mixing.ShardedBatchSampler`) and its kind:
 
 * ``image``  -- image-text pairs (ITC + ITM + MLM);
 * ``region`` -- boxes with their own captions (adds the bbox losses);
-* ``video``  -- video-text, through a frame-sampler plugin.
+* ``video``  -- video-text, through a frame-sampler plugin;
+* ``webdataset`` -- image-text from img2dataset tar shards, read as a stream
+  (:mod:`x2core.data.webdataset_stream`), not a store;
+* ``parallel-text`` -- translation pairs (CCLM: text-text contrastive, matching and MLM).
 
 A stream named in ``cfg.aux`` takes its batch from its clean aux stream on a share of
 the steps (:class:`~x2core.data.mixing.MixedLoader`); the aux stream is not mixed in
@@ -31,8 +35,10 @@ def check_store(path: str, field: str) -> None:
     if not os.path.isdir(path):
         raise ConfigError(f"config field '{field}': no such directory '{path}' "
                           f"(make one with `x2vlm pack FORMAT --ann ... --out {path}`)")
-    if not os.path.exists(os.path.join(path, "data.mdb")):
-        raise ConfigError(f"config field '{field}': '{path}' is not an LMDB store (no data.mdb)")
+    from x2core.data.shards import is_shard_set
+    if not os.path.exists(os.path.join(path, "data.mdb")) and not is_shard_set(path):
+        raise ConfigError(f"config field '{field}': '{path}' is not an LMDB store (no data.mdb "
+                          f"nor shards.json)")
 
 
 def build_dataset(name: str, stream: StreamConfig, model: Any, cfg: TrainConfig, *, train: bool = True):
@@ -42,11 +48,14 @@ def build_dataset(name: str, stream: StreamConfig, model: Any, cfg: TrainConfig,
     from x2core.data.store import LmdbReader
     from x2core.data.text import TextProcessor
 
+    text = TextProcessor.from_encoder(model.text_encoder, stream.max_tokens, stream.masking_for(cfg.masking),
+                                      seed=cfg.seed, max_words=stream.max_words)
+    if stream.kind == "webdataset":  # tar shards read as a stream, not a store
+        from x2core.data.webdataset_stream import build_webdataset_stream
+        return build_webdataset_stream(name, stream, model, cfg, text, train=train)
     field = f"data.{name}.path"
     check_store(stream.path, field)
     reader = LmdbReader(stream.path)
-    text = TextProcessor.from_encoder(model.text_encoder, stream.max_tokens, cfg.masking,
-                                      seed=cfg.seed, max_words=stream.max_words)
     vision = model.config.vision
     if stream.kind == "image":
         ds = ImageTextDataset(reader, text, image_res=vision.image_size, train=train, seed=cfg.seed,
@@ -59,10 +68,26 @@ def build_dataset(name: str, stream: StreamConfig, model: Any, cfg: TrainConfig,
                                langs=stream.langs, crop=stream.region_crop)
         images = stream.max_images or max(1, stream.batch_size // 2)
         return ds, functools.partial(collate_regions, batch_size=stream.batch_size), images
+    if stream.kind == "parallel-text":
+        from x2core.data.parallel_text import ParallelTextDataset, collate_parallel_text
+        check_text_pairs(model, f"data.{name}.kind")
+        return ParallelTextDataset(reader, text, seed=cfg.seed), collate_parallel_text, stream.batch_size
     if stream.kind == "video":
         from x2core.data.video_datasets import build_video_stream
         return build_video_stream(name, stream, model, cfg, reader, text, train=train)
     raise ConfigError(f"config field 'data.{name}.kind': unknown kind {stream.kind!r}")
+
+
+def check_text_pairs(model: Any, field: str) -> None:
+    """Text pairs fuse one sentence with the other in place of the image (CCLM's
+    CrossViewLM): the fusion cross-attention reads vision-width keys, so the text encoder
+    must be as wide as the vision encoder (as in the reference, whose cross encoder's
+    ``encoder_width`` is the vision width)."""
+    text_w, vision_w = model.text_encoder.hidden_size, model.fusion_encoder.vision_width
+    if text_w != vision_w:
+        raise ConfigError(f"config field '{field}': the parallel-text stream needs the text width "
+                          f"({text_w}) to equal the vision width ({vision_w}): the second sentence "
+                          "takes the image's place in the fusion cross-attention")
 
 
 PROBE_RECORDS = 64  # records per stream whose texts are tokenised before training starts
@@ -84,6 +109,13 @@ def check_text_coverage(name: str, ds: Any, model: Any, records: int = PROBE_REC
                                 f"({getattr(ds.store, 'path', '')})")
 
 
+def _shard_counts(ds: Any) -> list[int] | None:
+    """Records per shard when ``ds`` reads a shard set record for record (then its stream
+    samples shard-aware: each rank and worker reads a few shards), else None."""
+    counts = getattr(getattr(ds, "store", None), "shard_counts", None)
+    return list(counts) if counts is not None and sum(counts) == len(ds) else None
+
+
 def build_streams(cfg: TrainConfig, model: Any, info: DistInfo):
     """One :class:`~x2core.data.datasets.MixedLoader` over every configured stream, sharded by rank."""
     from x2core.data.mixing import MixedLoader, StreamSpec
@@ -92,10 +124,11 @@ def build_streams(cfg: TrainConfig, model: Any, info: DistInfo):
     for name, stream in cfg.data.items():
         ds, collate, per_step = build_dataset(name, stream, model, cfg)
         check_text_coverage(name, ds, model)
-        if len(ds) < per_step * info.world_size:
+        if stream.kind != "webdataset" and len(ds) < per_step * info.world_size:  # (shards: no length)
             raise ConfigError(f"config field 'data.{name}': the store has {len(ds)} records, fewer than one "
                               f"step needs ({per_step} per rank x {info.world_size} ranks)")
-        specs[name] = StreamSpec(ds, per_step, collate, num_workers=stream.num_workers, ratio=stream.ratio)
+        specs[name] = StreamSpec(ds, per_step, collate, num_workers=stream.num_workers, ratio=stream.ratio,
+                                 shards=_shard_counts(ds))
     for noisy, aux in cfg.aux.items():  # clean data standing in for a noisy stream
         specs[noisy].aux, specs[noisy].aux_iter_perc = aux.stream, aux.iter_perc
     return MixedLoader(specs, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
