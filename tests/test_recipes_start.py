@@ -38,6 +38,7 @@ def recipe_stores(tmp_path_factory):
                  num_videos=6, num_heldout_videos=4, nlvr_train=8, nlvr_heldout=4)
     jobs = {"images": ("image-text", f["pretrain_image_text"], {}),
             "regions": ("regions", f["pretrain_regions"], {}),
+            "parallel": ("parallel-text", f["parallel_text"], {}),
             "retrieval": ("retrieval", f["heldout_retrieval"], {}),
             "vqa": ("vqa", f["vqa_train"], {"answer_list": f["answer_list"]}),
             "nlvr2": ("nlvr2", f["nlvr_train"], {}),
@@ -63,7 +64,7 @@ def recipe_stores(tmp_path_factory):
 HEAD_STORE = {"retrieval": "retrieval", "captioning": "retrieval", "grounding": "regions",
               "vqa": "vqa", "vqa-cls": "vqa", "nlvr2": "nlvr2", "classification": "classification",
               "video-retrieval": "video_retrieval", "video-qa": "video_qa"}
-STREAM_STORE = {"image": "images", "region": "regions", "video": "videos"}
+STREAM_STORE = {"image": "images", "region": "regions", "video": "videos", "parallel-text": "parallel"}
 
 
 def _recipes(task: str) -> list:

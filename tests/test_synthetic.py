@@ -22,7 +22,7 @@ ANNOTATION_FILES = ["pretrain_image_text.jsonl", "pretrain_regions.jsonl", "held
                     "heldout_retrieval.json", "heldout_retrieval_de.json",
                     "heldout_retrieval_zh.json", "vqa_train.json", "vqa_heldout.json",
                     "answer_list.json", "nlvr_train.json", "nlvr_heldout.json",
-                    "synthetic_config.json"]
+                    "parallel_text.jsonl", "synthetic_config.json"]
 DE = {"circle": "Kreis", "square": "Quadrat", "triangle": "Dreieck", "red": "rot", "green": "grün",
       "blue": "blau", "yellow": "gelb", "white": "weiß", "purple": "violett",
       "small": "klein", "large": "groß"}

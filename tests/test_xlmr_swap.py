@@ -321,8 +321,11 @@ def test_multilingual_configs_load():
     expected = {"base": (4e-5, 2e-5, 8e-5, 4e-5, 60), "large": (3e-5, 1e-5, 6e-5, 3e-5, 30)}
     for path in paths:
         cfg = load_train_config(str(path), ["data.images.path=/placeholder/images",
-                                            "data.regions.path=/placeholder/regions"])
+                                            "data.regions.path=/placeholder/regions",
+                                            "data.parallel.path=/placeholder/parallel"])
         assert (cfg.masking.mask_prob, cfg.masking.max_masks) == (0.4, 10)
+        par = cfg.data["parallel"]  # WikiMatrix pairs: the reference's 64 tokens, 0.4 / 16
+        assert (par.kind, par.max_tokens, par.mask_prob, par.max_masks) == ("parallel-text", 64, 0.4, 16)
         model_cfg = model_config_for(cfg.model, **cfg.model_overrides)
         assert model_cfg.text.name == "xlm-roberta" and model_cfg.vision.image_size == 224
         size = "large" if "large" in path.name else "base"

@@ -70,6 +70,17 @@ def _regions_row(scene: Scene, rpath: str, image_id: int, langs) -> dict:
             "elems": elems, "image_id": image_id}
 
 
+def _parallel_rows(scenes, langs):
+    """Translation pairs for CCLM's parallel-text stream (``x2vlm pack parallel-text``):
+    each training scene's caption in every pair of languages, as WikiMatrix pairs
+    sentences (text only: no held-out scene's caption is among them)."""
+    pairs = [(a, b) for i, a in enumerate(langs) for b in langs[i + 1:]]
+    for scene in scenes:
+        caps = {lang: scene_to_captions(scene, lang)["caption"] for lang in langs}
+        for a, b in pairs:
+            yield {"source_text": caps[a], "target_text": caps[b], "source_lang": a, "target_lang": b}
+
+
 def _vqa(cfg, split, scenes, paths, qid0):
     rows = []
     for i, (scene, path) in enumerate(zip(scenes, paths)):
@@ -128,7 +139,7 @@ def generate(out_dir: str, *, seed: int = 0, num_train: int = 3000, num_heldout:
         ("vqa_train", "vqa_train.json"), ("vqa_heldout", "vqa_heldout.json"),
         ("answer_list", "answer_list.json"),
         ("nlvr_train", "nlvr_train.json"), ("nlvr_heldout", "nlvr_heldout.json"),
-        ("config", CONFIG_FILE)]}
+        ("parallel_text", "parallel_text.jsonl"), ("config", CONFIG_FILE)]}
     heldout_ids = [cfg.num_train + j for j in range(len(heldout))]
 
     regions = [_regions_row(s, p, i, cfg.langs) for i, (s, p) in enumerate(zip(train, train_paths))]
@@ -136,6 +147,7 @@ def generate(out_dir: str, *, seed: int = 0, num_train: int = 3000, num_heldout:
     _dump_jsonl(files["pretrain_image_text"], (
         {"caption": r["caption"], "image_rpath": r["image_rpath"], "image_id": r["image_id"]}
         for r in regions))
+    _dump_jsonl(files["parallel_text"], _parallel_rows(train, cfg.langs))
     _dump_jsonl(files["heldout_grounding"], (
         _regions_row(s, p, i, cfg.langs) for s, p, i in zip(heldout, heldout_paths, heldout_ids)))
 

@@ -33,6 +33,12 @@ HEADS: dict[str, tuple[str, str]] = {
     "video-qa": ("x2plugins.heads.video:VideoQaHead",
                  "video QA (MSRVTT-QA / MSVD-QA) as classification over the answer vocabulary, "
                  "top-1 accuracy"),
+    "xvnli": ("x2plugins.heads.iglue:XvnliHead",
+              "IGLUE XVNLI: image premise + hypothesis, fused CLS -> MLP -> 3, accuracy"),
+    "marvl": ("x2plugins.heads.iglue:MarvlHead",
+              "IGLUE MaRVL: the nlvr2 head on the record's language, accuracy"),
+    "xgqa": ("x2plugins.heads.iglue:XgqaHead",
+             "IGLUE xGQA: classification over the answer vocabulary, accuracy"),
 }
 
 

@@ -35,4 +35,9 @@ def run(args) -> int:
     results = evaluate(cfg, args.checkpoint)
     for split, metrics in results.items():
         print(f"{split}: " + "  ".join(f"{k}={v:.2f}" for k, v in metrics.items()))
+    from pathlib import Path
+    from x2core.data.languages import normalize_lang
+    table = Path(cfg.output_dir) / "languages.md"
+    if all(map(normalize_lang, results)) and table.is_file():  # with languages.json
+        print("\n" + table.read_text(encoding="utf-8"), end="")
     return 0

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 
 from x2core.errors import InputError
 
-__all__ = ["store_languages", "evaluate_multilingual", "multilingual_table", "parse_store_args"]
+__all__ = ["store_languages", "evaluate_multilingual", "multilingual_table", "parse_store_args",
+           "language_table", "write_language_table"]
 
 
 def store_languages(store) -> list[str]:
@@ -111,6 +112,61 @@ def multilingual_table(results: Mapping[str, Mapping[str, float]], *, title: str
             f"{r[f'chance_r{k}']:.1f}" for k in (1, 5, 10)) + " | " + " | ".join(
             f"{r[f'chance_tr_r{k}']:.1f}" for k in (1, 5, 10)) + " |")
     return "\n".join(lines)
+
+
+# --- one table per task, one row per language (every head's metrics) ---------------------
+
+LANGUAGE_TABLE = "languages"   # languages.json / languages.md in the run directory
+_BASELINES = ("majority_", "chance_")
+
+
+def language_table(results: Mapping[str, Mapping[str, float]], *, task: str) -> tuple[dict, str]:
+    """``({"task", "columns", "baselines", "rows": {lang: metrics}, "mean"}, Markdown)`` for
+    ``{lang: metrics}`` of any head: the task's metrics as columns (``num_*`` counts
+    first), then its baselines (``majority_*``, ``chance_*``), a mean row over languages."""
+    langs = list(results)
+    keys: list[str] = []
+    for lang in langs:
+        keys += [k for k in results[lang] if k not in keys]
+    counts = [k for k in keys if k.startswith("num_")]
+    baselines = [k for k in keys if k.startswith(_BASELINES)]
+    metrics = [k for k in keys if k not in counts and k not in baselines]
+    mean = {k: sum(results[l].get(k, 0.0) for l in langs) / len(langs)
+            for k in metrics + baselines if all(k in results[l] for l in langs)}
+    table = {"task": task, "columns": counts + metrics, "baselines": baselines,
+             "rows": {l: dict(results[l]) for l in langs}, "mean": mean}
+    cols = counts + metrics + baselines
+
+    def cell(row, k):
+        if k not in row:
+            return ""
+        return f"{row[k]:.0f}" if k.startswith("num_") else f"{row[k]:.1f}"
+    lines = [f"**{task}** (one row per language)", "",
+             "| language | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {l} | " + " | ".join(cell(results[l], k) for k in cols) + " |" for l in langs]
+    if len(langs) > 1:
+        lines.append("| mean | " + " | ".join(cell(mean, k) for k in cols) + " |")
+    return table, "\n".join(lines)
+
+
+def write_language_table(out_dir, results: Mapping[str, Mapping[str, float]], *, task: str):
+    """When every split of ``results`` is named by a language code (``eval: {en: ..., de:
+    ...}``), write ``languages.json`` and ``languages.md`` in ``out_dir``; returns the
+    Markdown path, or None (splits such as val/test)."""
+    from pathlib import Path
+
+    from x2core.data.languages import normalize_lang
+    from x2core.utils.atomic import atomic_write
+    import json
+
+    if not results or not all(normalize_lang(s) for s in results):
+        return None
+    table, markdown = language_table(results, task=task)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / f"{LANGUAGE_TABLE}.json", json.dumps(table, indent=2))
+    atomic_write(out / f"{LANGUAGE_TABLE}.md", markdown + "\n")
+    return out / f"{LANGUAGE_TABLE}.md"
 
 
 def parse_store_args(items: Sequence[str]) -> dict[str, str] | str:

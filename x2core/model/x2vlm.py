@@ -13,6 +13,7 @@ Tensor names used throughout (shapes):
     image_atts   (B, 1 + N) 0/1          region rows: CLS + in-box patches
     target_bbox  (B, 4)                  region rows: (cx, cy, w, h) / image size
     is_image     (B,)                    region rows: 1 for whole-image captions
+    text_ids_2, text_atts_2 (B, L)       parallel-text rows: the other sentence of each pair
 """
 from __future__ import annotations
 
@@ -230,7 +231,10 @@ class X2VLM(nn.Module):
         loss out, its fusion forward included (the reference's ``ret_match_loss=False``:
         after ``stop_calc_itm`` steps, and on noisy batches that have clean aux data).
         ITM negatives of region rows follow ``config.loss.itm_negatives``.
+        A batch with ``text_ids_2`` is a parallel-text batch: see :meth:`text_pair_losses`.
         """
+        if "text_ids_2" in batch:
+            return self.text_pair_losses(batch, itm=itm)
         visual = "video" if "video" in batch else "image"
         for key in (visual, "text_ids", "text_atts"):
             if key not in batch:
@@ -264,6 +268,52 @@ class X2VLM(nn.Module):
             is_image = None if weights.calc_image_bbox_loss else batch.get("is_image")
             losses["bbox"], losses["giou"] = bbox_losses(pred, batch["target_bbox"], is_image)
         losses["loss"] = sum(getattr(weights, k) * v for k, v in losses.items())
+        return losses
+
+    def text_pair_losses(self, batch: Mapping[str, torch.Tensor], *, itm: bool = True
+                         ) -> dict[str, torch.Tensor]:
+        """CCLM's cross-view losses for translation pairs (the reference's
+        ``CrossViewLM.forward_para_text``): the second sentence is the first one's "other
+        view", taking the image's place.
+
+        * ``ttc``: :func:`~x2core.model.losses.itc_loss` between the two sentences' features;
+        * ``ttm``: :meth:`itm_loss` with the first sentence's hidden states as the keys and
+          values of the fusion cross-attention and the second as its queries (hard
+          negatives from the other rows of the batch);
+        * ``mlm``: the masked first sentence fused with the unmasked second.
+
+        Weighted by ``config.loss`` ``itc``, ``itm`` and ``mlm``; ``itm=False`` leaves
+        ``ttm`` out. Needs the text width to equal the vision width (the fusion
+        cross-attention keys are vision-width).
+
+        Args:
+            batch: ``text_ids, text_atts, text_ids_2, text_atts_2 (B, L)`` and, for MLM,
+                ``text_ids_masked (B, L), masked_pos, masked_ids (B, M)``.
+        """
+        for key in ("text_ids", "text_atts", "text_ids_2", "text_atts_2"):
+            if key not in batch:
+                raise InputError(f"parallel-text batch is missing '{key}' (has: {', '.join(sorted(batch))})")
+        first = self.encode_text(batch["text_ids"], batch["text_atts"])
+        second = self.encode_text(batch["text_ids_2"], batch["text_atts_2"])
+        if first.shape[0] != second.shape[0]:
+            raise InputError(f"{first.shape[0]} first sentences but {second.shape[0]} second ones")
+        if first.shape[-1] != self.fusion_encoder.vision_width:
+            raise InputError(f"text pairs need the text width ({first.shape[-1]}) to equal the vision "
+                             f"width ({self.fusion_encoder.vision_width}): one sentence takes the "
+                             "image's place in the fusion cross-attention")
+        atts, atts_2 = batch["text_atts"], batch["text_atts_2"]
+        feat, feat_2 = self.text_features(first), self.text_features(second)
+        temp = self.temperature()
+        weights = self.config.loss
+        losses: dict[str, torch.Tensor] = {}
+        scale = {"ttc": weights.itc, "ttm": weights.itm, "mlm": weights.mlm}
+        if weights.itc:
+            losses["ttc"] = itc_loss(feat, feat_2, temp)
+        if weights.itm and itm:
+            losses["ttm"] = self.itm_loss(first, atts, feat, second, atts_2, feat_2, temp)
+        if weights.mlm and "masked_ids" in batch:
+            losses["mlm"] = self._mlm_loss(second, atts_2, batch)
+        losses["loss"] = sum(scale[k] * v for k, v in losses.items())
         return losses
 
     def itm_loss(self, image_embeds, image_atts, image_feat, text_embeds, text_atts, text_feat,

@@ -11,6 +11,12 @@
    lr/2, text 2 lr, fusion lr; new parameters lr * lr_mult; mask_prob 0.4);
 6. evaluate per-language retrieval on the held-out scenes, beside chance; write
    ``multilingual_results.json`` and ``multilingual_table.md``.
+
+``parallel_text=true`` adds CCLM's parallel-text stream to step 5 (the synthetic training
+captions paired across languages, ``parallel_text.jsonl`` packed as ``parallel-text``;
+mask_prob 0.4, max_masks 16): the same run with and without it, under ``multilingual`` and
+``multilingual_parallel`` of the same ``out_dir``, measure what the stream adds; the files
+of that run end in ``_parallel``.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ class MultilingualDemoConfig:
         "max_position_embeddings": 64, "dropout": 0.0})
     spm_vocab_size: int = 400
     langs: list[str] = field(default_factory=lambda: ["en", "de", "zh"])
+    parallel_text: bool = False       # stage 2 with CCLM's parallel-text stream beside the images
     threads: Optional[int] = None
     progress: bool = True
 
@@ -76,6 +83,14 @@ def prepare(cfg: MultilingualDemoConfig) -> dict[str, str]:
     store = Path(cfg.out_dir) / "lmdb" / "heldout_multilingual"
     pack("multilingual", anns, str(raw), str(store), progress=False)
     paths["heldout_multilingual"] = str(store)
+    if cfg.parallel_text:
+        from x2core.errors import InputError
+        pairs = raw / "parallel_text.jsonl"
+        if not pairs.exists():
+            raise InputError(f"{pairs} is missing: {raw} was generated before the synthetic world "
+                             "wrote translation pairs; remove it to regenerate")
+        paths["parallel_text"] = str(Path(cfg.out_dir) / "lmdb" / "parallel_text")
+        pack("parallel-text", [str(pairs)], None, paths["parallel_text"], progress=False)
     spm = raw / "xlmr_spm.model"
     if not spm.exists():
         texts = []
@@ -111,18 +126,28 @@ def multilingual_config(cfg: MultilingualDemoConfig, paths: dict[str, str], swap
 
     # no model: the run builds the swapped directory's own architecture (XLM-R text
     # encoder, its tokenizer and sizes), and its recorded new tensors get lr_mult
+    data = {"images": {"path": paths["images"], "kind": "image", "batch_size": cfg.batch_size,
+                       "max_tokens": 24, "langs": list(cfg.langs), "crop_scale": [0.5, 1.0]}}
+    if cfg.parallel_text:  # the reference's mtexts masking; 24 tokens hold every synthetic caption
+        data["parallel"] = {"path": paths["parallel_text"], "kind": "parallel-text",
+                            "batch_size": cfg.batch_size, "max_tokens": 24, "mask_prob": 0.4,
+                            "max_masks": 16}
     return from_dict(TrainConfig, {
         "init_from": str(Path(swap_dir).resolve()),
-        "data": {"images": {"path": paths["images"], "kind": "image", "batch_size": cfg.batch_size,
-                            "max_tokens": 24, "langs": list(cfg.langs), "crop_scale": [0.5, 1.0]}},
+        "data": data,
         "masking": {"mask_prob": 0.4, "max_masks": 10},
         "optim": {"lr": cfg.ml_lr, "vision_lr": cfg.ml_vision_lr, "text_lr": cfg.ml_text_lr,
                   "fusion_lr": cfg.ml_fusion_lr, "lr_mult": cfg.lr_mult, "weight_decay": 0.01},
         "schedule": {"name": "cosine", "warmup": 0.05},
         "steps": cfg.multilingual_steps, "seed": cfg.seed + 1, "threads": cfg.threads,
-        "output_dir": str(Path(cfg.out_dir) / "multilingual"),
+        "output_dir": str(Path(cfg.out_dir) / f"multilingual{_suffix(cfg)}"),
         "log_every": 10, "ckpt_every": cfg.multilingual_steps, "keep_last": 1,
         "tensorboard": False, "progress": cfg.progress, "precision": "fp32"})
+
+
+def _suffix(cfg: MultilingualDemoConfig) -> str:
+    """``_parallel`` for the run with the parallel-text stream (its own folder and files)."""
+    return "_parallel" if cfg.parallel_text else ""
 
 
 def _train(tcfg) -> str:
@@ -171,7 +196,7 @@ def run_synthetic_recipe(cfg: MultilingualDemoConfig | None = None, **overrides)
     t = time.perf_counter()
     mcfg = multilingual_config(cfg, paths, swap_dir)
     _say(f"[5/6] multilingual training after the swap: {cfg.multilingual_steps} steps, "
-         f"{'/'.join(cfg.langs)} captions (lr {cfg.ml_lr:g}, vision {cfg.ml_vision_lr:g}, "
+         f"{'/'.join(cfg.langs)} captions{' + parallel text' if cfg.parallel_text else ''} (lr {cfg.ml_lr:g}, vision {cfg.ml_vision_lr:g}, "
          f"text {cfg.ml_text_lr:g}, fusion {cfg.ml_fusion_lr:g}, new x{cfg.lr_mult:g})")
     final_ckpt = _train(mcfg)
     times["multilingual"] = time.perf_counter() - t
@@ -187,15 +212,17 @@ def run_synthetic_recipe(cfg: MultilingualDemoConfig | None = None, **overrides)
                "wall_time_s": {k: round(v, 1) for k, v in times.items()},
                "threads": torch.get_num_threads(), "english_checkpoint": english,
                "swapped_dir": str(swap_dir), "checkpoint": final_ckpt, "config": to_dict(cfg)}
+    stream = " with the parallel-text stream" if cfg.parallel_text else ""
     table = (multilingual_table(final, title=f"after the swap + {cfg.multilingual_steps} steps of "
-                                               "multilingual training (ITC top-16 + ITM rerank)")
+                                               f"multilingual training{stream} (ITC top-16 + ITM rerank)")
              + "\n\n" + multilingual_table(zero, title="zero-shot right after the swap "
                                                        "(random-init XLM-R)"))
-    (out / "multilingual_results.json").write_text(json.dumps(results, indent=2))
-    (out / "multilingual_table.md").write_text(table + "\n")
+    res_file, table_file = out / f"multilingual_results{_suffix(cfg)}.json", out / f"multilingual_table{_suffix(cfg)}.md"
+    res_file.write_text(json.dumps(results, indent=2))
+    table_file.write_text(table + "\n")
     _say("")
     _say(table)
     _say(f"\nwall time {times['total']:.0f}s (data {times['data']:.0f}s, English {times['english']:.0f}s, "
          f"multilingual {times['multilingual']:.0f}s) on {results['threads']} threads")
-    _say(f"wrote {out / 'multilingual_results.json'} and {out / 'multilingual_table.md'}")
+    _say(f"wrote {res_file} and {table_file}")
     return results

@@ -140,8 +140,14 @@ def finetune(cfg: FinetuneConfig, *, plugin_manager=None, resume: str | bool | N
     for split, store in eval_stores.items():
         check_store_fields(cfg.head, head.required_fields(False), store, split=split)
     steps_per_epoch, loader, sampler, g = 0, None, None, None
-    if train_store is not None:
-        data: HeadData = head.build_dataset(train_store, train=True)
+    if train_store is not None or cfg.few_shot is not None:
+        if cfg.few_shot is not None:  # IGLUE few-shot: k records per language
+            from x2core.train.few_shot import few_shot_data
+            data = few_shot_data(head, cfg.few_shot, required=head.required_fields(True),
+                                 open_store=_open_store, out_dir=out_dir if info.is_main else None,
+                                 run_seed=cfg.seed)
+        else:
+            data: HeadData = head.build_dataset(train_store, train=True)
         g = torch.Generator().manual_seed(cfg.seed)
         sampler = (torch.utils.data.DistributedSampler(
             data.dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
@@ -427,6 +433,9 @@ def _evaluate_all(state: TrainState, stores: dict, out_dir: Path, logger, pm, *,
                                                                    for k, v in metrics.items()})
         if write:
             write_results(out_dir, split, metrics, res.predictions, multi=len(stores) > 1)
+    if write and state.dist.is_main:  # eval: {en: ..., de: ...}: the per-language table
+        from x2core.eval.multilingual import write_language_table
+        write_language_table(out_dir, out, task=getattr(head, "name", cfg.head))
     head.train()
     return out
 
