@@ -175,9 +175,13 @@ def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
                X2VLM_TEST_COUNT_RERANK="1", X2VLM_PLUGINS="x2vlm_test_hooks",
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),
                                            os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", "-m", "x2core", "finetune", *args,
-                           f"output_dir={out}"], env=env, capture_output=True, text=True, timeout=600)
+    def torchrun(run_dir, *extra, **env_extra):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               "--nproc_per_node", "2", "-m", "x2core", "finetune", *args,
+                               f"output_dir={run_dir}", *extra], env={**env, **env_extra},
+                              capture_output=True, text=True, timeout=600)
+
+    proc = torchrun(out)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("checkpoint:") == 1  # printed by rank 0 only
 
@@ -205,8 +209,28 @@ def test_finetune_under_torchrun_is_data_parallel(stores, tmp_path):
                   str(ckpts[0]), plugin_manager=pm)
     assert ev["val"] == pytest.approx(written)  # the shared evaluation = one process's
 
+    # killed in its second epoch and resumed (each rank its own RNG, the sampler's epoch,
+    # the random crops and ITM negatives): the uninterrupted run's losses, step for step
+    def losses(run_dir):
+        return {k: {m: v for m, v in rec.items() if m.startswith("train/")}
+                for k, rec in step_records(run_dir).items()}
+    killed = torchrun(tmp_path / "killed", X2VLM_TEST_KILL_AT=str(max(steps) // 2 + 1))
+    assert killed.returncode != 0
+    resumed = torchrun(tmp_path / "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "killed") == losses(out)
+    # and one process refuses to resume what two ranks wrote
+    from x2core.errors import CheckpointError
+    from x2core.train.finetune import finetune
 
-@pytest.mark.parametrize("grad_accum,batch_size", [(1, 32), (2, 24)], ids=["accum1", "accum2-odd"])
+    single = load_finetune_config(None, args + [f"output_dir={tmp_path / 'killed'}"])
+    with pytest.raises(CheckpointError, match="written by 2 ranks"):
+        finetune(single, plugin_manager=PluginManager(autoload=False), resume=True)
+
+
+# grad_accum=1 takes the same path with every micro-batch an update, and the SIGKILL resume
+# of the other fine-tune tests (test_finetune_resume_random, the torchrun ones) runs it.
+@pytest.mark.parametrize("grad_accum,batch_size", [(2, 24)], ids=["accum2-odd"])
 def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path, grad_accum, batch_size):
     """A fine-tune killed (SIGKILL, no cleanup) in its third epoch resumes from the
     checkpoint written after the second: every step's losses, the evaluation and the final
@@ -214,9 +238,11 @@ def test_finetune_resumes_exactly_after_sigkill(stores, tmp_path, grad_accum, ba
     odd batch is skipped, so no partial accumulation crosses the checkpoint."""
     import torch
 
+    # train_augment: random crops in the main process (0 workers), so the resumed epoch's
+    # draws have to be the uninterrupted run's (test_finetune_resume_random does workers)
     args = ["head=vqa-cls", f"train={stores['vqa_train']}", f"eval={stores['vqa_heldout']}",
             f"batch_size={batch_size}", f"grad_accum={grad_accum}", "epochs=3", "optim.lr=1e-3",
-            "progress=false", "log_every=1", "eval_every=0"]
+            "progress=false", "log_every=1", "eval_every=0", "head_options.train_augment=true"]
     def run(name, *extra, **env_extra):
         return run_finetune(args, tmp_path / name, *extra, **env_extra)
 
@@ -286,50 +312,3 @@ def test_grad_accum_beyond_the_epoch_is_a_config_error(stores, tmp_path):
                                       f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="grad_accum=1000 needs at least"):
         finetune(cfg, plugin_manager=PluginManager(autoload=False))
-
-
-def test_data_parallel_finetune_resumes_exactly(stores, tmp_path):
-    """torchrun, 2 ranks: a run killed in its second epoch resumes (each rank its own RNG,
-    the sampler's epoch) to the uninterrupted run's losses; one process refuses it."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    args = ["head=vqa-cls", f"train={stores['vqa_train']}", "batch_size=16", "epochs=2",
-            "optim.lr=1e-3", "progress=false", "log_every=1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", X2VLM_PLUGINS="x2vlm_test_hooks",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent / "plugins_for_tests"),
-                                           os.environ.get("PYTHONPATH", "")]))
-
-    def torchrun(name, *extra, **env_extra):
-        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc_per_node", "2", "-m", "x2core", "finetune", *args,
-                               f"output_dir={tmp_path / name}", *extra],
-                              env={**env, **env_extra}, capture_output=True, text=True, timeout=600)
-
-    def losses(name):
-        out = {}
-        for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            out[rec["step"]] = {k: v for k, v in rec.items()
-                                if k.startswith("train/") and not k.endswith("steps_per_s")}
-        return out
-
-    full = torchrun("full")
-    assert full.returncode == 0, full.stderr[-3000:]
-    want = losses("full")
-    per_epoch = max(want) // 2
-    killed = torchrun("killed", X2VLM_TEST_KILL_AT=str(per_epoch + 1))
-    assert killed.returncode != 0
-    resumed = torchrun("killed", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert losses("killed") == want
-
-    from x2core.errors import CheckpointError
-    from x2core.train.finetune import finetune, load_finetune_config
-    from x2core.plugin_manager import PluginManager
-
-    single = load_finetune_config(None, args + [f"output_dir={tmp_path / 'killed'}"])
-    with pytest.raises(CheckpointError, match="written by 2 ranks"):
-        finetune(single, plugin_manager=PluginManager(autoload=False), resume=True)

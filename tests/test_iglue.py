@@ -12,6 +12,8 @@ from x2core.errors import ConfigError, InputError
 
 LANGS = ("en", "de", "zh")
 # small and fast: 32-px images (4 patches of x2vlm-tiny), every run a few seconds
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster
+
 FAST = ("model_overrides.vision.image_size=32", "batch_size=32", "progress=false", "optim.lr=1e-3")
 FORMAT_OF = {"xvnli": "xvnli", "marvl": "marvl", "xgqa": "xgqa"}
 
@@ -142,14 +144,20 @@ def test_formats_read_the_published_layouts(tmp_path):
 
 # --- heads --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("task", ["xvnli", "marvl", "xgqa"])
+@pytest.mark.parametrize("task", ["xvnli", "xgqa"])
 def test_head_beats_baseline_per_language(trained, task):
-    run, res = trained[task]
-    # marvl: not yet above chance in a budget this small (55-58 % after 5-8 epochs, 27-55 s);
-    # only its table is checked here
-    for lang in LANGS if task != "marvl" else ():
+    _, res = trained[task]
+    for lang in LANGS:
         m = res[lang]
         assert m["acc"] > max(m["majority_acc"], m["chance_acc"]) + 5, (task, lang, m)
+
+
+# marvl is not shown to beat chance in a budget this small (55-58 % after 5-8 epochs, 27-55 s,
+# README): its one-epoch run is only checked for the per-language table below.
+@pytest.mark.parametrize("task", ["xvnli", "marvl", "xgqa"])
+def test_per_language_table_has_the_same_shape_for_every_task(trained, task):
+    run, res = trained[task]
+    assert set(res) >= set(LANGS) and all("acc" in res[lang] for lang in LANGS)
     # the per-language table, JSON and Markdown, the same shape for every task
     table = json.loads((run / "languages.json").read_text())
     assert table["task"] == task and list(table["rows"]) == list(LANGS)
