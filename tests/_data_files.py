@@ -88,3 +88,27 @@ def mp4_bytes(n: int, size: int = 32, fps: int = 8) -> bytes:
         for p in s.encode():
             c.mux(p)
     return buf.getvalue()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a test's gloo rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_shape_classification_store(regions_store, out) -> str:
+    """An image + label store from a packed synthetic regions store: the label is the
+    kind of each scene's largest shape, the classes circle / square / triangle."""
+    from x2core.data.store import LmdbReader, LmdbWriter
+
+    reader = LmdbReader(str(regions_store))
+    with LmdbWriter(str(out)) as w:
+        for i in range(len(reader)):
+            rec = reader[i]
+            big = max(rec["regions"], key=lambda g: g["bbox"][2] * g["bbox"][3])
+            w.append({"image": rec["image"], "label": big["texts"]["en"][0].split()[-1]})
+        w.finish({"classes": ["circle", "square", "triangle"]})
+    return str(out)

@@ -12,8 +12,9 @@ from x2core.errors import ConfigError, InputError
 def stores(tmp_path_factory):
     """Synthetic data packed into one store per task split (tiny: 64 px)."""
     from x2core.data.packing import pack
-    from x2core.data.store import LmdbReader, LmdbWriter
     from x2datasets.synthetic import generate
+
+    from _data_files import write_shape_classification_store
 
     root = tmp_path_factory.mktemp("heads")
     f = generate(str(root / "syn"), seed=0, num_train=300, num_heldout=60, nlvr_train=1200, nlvr_heldout=200)
@@ -33,14 +34,7 @@ def stores(tmp_path_factory):
     # classification: label = kind of the largest shape (written directly: no packer
     # format carries class labels)
     for src, dst in (("regions_train", "cls_train"), ("regions_heldout", "cls_heldout")):
-        reader = LmdbReader(out[src])
-        out[dst] = str(root / dst)
-        with LmdbWriter(out[dst]) as w:
-            for i in range(len(reader)):
-                rec = reader[i]
-                big = max(rec["regions"], key=lambda g: g["bbox"][2] * g["bbox"][3])
-                w.append({"image": rec["image"], "label": big["texts"]["en"][0].split()[-1]})
-            w.finish({"classes": ["circle", "square", "triangle"]})
+        out[dst] = write_shape_classification_store(out[src], root / dst)
     return out
 
 

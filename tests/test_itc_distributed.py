@@ -4,7 +4,6 @@ The reference's backward (a plain slice of the gathered gradient) gives 1/world 
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from x2core.model.losses import itc_loss
+
+from _data_files import free_port
 
 WORLD, PER_RANK, DIM, EMBED = 2, 3, 6, 4
 
@@ -53,16 +54,10 @@ def _worker(rank, port, out_path):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
 def test_two_rank_itc_gradient_equals_single_process_gradient(tmp_path):
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), str(out)), nprocs=WORLD, start_method="spawn")
     got = torch.load(out)
     want_loss, want_img, want_txt = _grads(*_problem())
     torch.testing.assert_close(got["loss"], want_loss, rtol=1e-5, atol=1e-6)

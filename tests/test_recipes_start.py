@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from _data_files import write_shape_classification_store
 from x2core.cli.configs import list_recipes
 from x2core.train.config import FinetuneConfig, TrainConfig, load_config, load_yaml
 
@@ -29,7 +30,6 @@ def recipe_stores(tmp_path_factory):
     """One tiny store per kind of data a recipe reads."""
     pytest.importorskip("av")
     from x2core.data.packing import pack
-    from x2core.data.store import LmdbReader, LmdbWriter
     from x2datasets.synthetic import generate
 
     root = tmp_path_factory.mktemp("recipes")
@@ -49,15 +49,7 @@ def recipe_stores(tmp_path_factory):
     for name, (fmt, ann, kw) in jobs.items():
         out[name] = str(root / name)
         pack(fmt, [ann], str(raw), out[name], progress=False, **kw)
-    # image + label records (class = the kind of the largest shape)
-    reader = LmdbReader(out["regions"])
-    out["classification"] = str(root / "classification")
-    with LmdbWriter(out["classification"]) as w:
-        for i in range(len(reader)):
-            rec = reader[i]
-            big = max(rec["regions"], key=lambda g: g["bbox"][2] * g["bbox"][3])
-            w.append({"image": rec["image"], "label": big["texts"]["en"][0].split()[-1]})
-        w.finish({"classes": ["circle", "square", "triangle"]})
+    out["classification"] = write_shape_classification_store(out["regions"], root / "classification")
     return out
 
 

@@ -5,12 +5,13 @@ the single-process ranking exactly. Outside the block a rank ranks everything al
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from _data_files import free_port
 
 WORLD, N_IMG, N_TXT, K = 2, 5, 13, 4   # odd counts: the blocks differ in size
 
@@ -94,15 +95,9 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
 def test_two_ranks_split_the_rerank_and_return_the_single_process_ranking(tmp_path):
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
+    mp.start_processes(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD,
                        start_method="spawn")
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     torch.set_num_threads(1)
