@@ -168,6 +168,39 @@ def test_vqa_v2_weights_and_answer_list(tmp_path, capsys):
     assert _records(tmp_path / "m2")[1]["answer_list"] == []
 
 
+def test_vqa_v2_answers_normalised_merge_in_weights_and_list(tmp_path, capsys):
+    """The official normalisation at pack time: "Two", "two." and "2" are one answer, in
+    the weights and in the answer list's counts; --no-normalize-answers keeps them apart."""
+    q, a = _vqa(tmp_path)
+    data = json.load(open(a))
+    for ann, answers, mc in [(data["annotations"][0], ["Two"] * 4 + ["two."] * 2 + ["2"] + ["3"] * 3, "Two"),
+                             (data["annotations"][1], ["2"] * 10, "2"),
+                             (data["annotations"][2], ["Yes"] * 9 + ["the dog"], "yes")]:
+        ann["multiple_choice_answer"] = mc
+        for entry, text in zip(ann["answers"], answers):
+            entry["answer"] = text
+    write_json(a, data)
+    rc, _, err = _cli(capsys, "pack", "vqa", "--questions", q, "--annotations", a, "--min-answer-count",
+                      "2", "--images", tmp_path / "coco", "--out", tmp_path / "n", "--no-progress")
+    assert rc == 0, err
+    recs, meta = _records(tmp_path / "n")
+    assert (recs[0]["answers"], recs[0]["answer_weights"]) == (["2", "3"], [0.7, 0.3])
+    assert (recs[2]["answers"], recs[2]["answer_weights"]) == (["yes", "dog"], [0.9, 0.1])
+    assert meta["answer_list"] == ["2"]  # "Two" and "2": two questions
+    rc, _, err = _cli(capsys, "pack", "vqa", "--questions", q, "--annotations", a, "--min-answer-count",
+                      "2", "--no-normalize-answers", "--images", tmp_path / "coco", "--out", tmp_path / "w",
+                      "--no-progress")
+    assert rc == 0, err
+    recs, meta = _records(tmp_path / "w")
+    assert recs[0]["answers"] == ["Two", "two.", "2", "3"] and meta["answer_list"] == []
+    rc, _, err = _cli(capsys, "pack", "vqa", "--questions", q, "--annotations", a, "--min-answer-count",
+                      "2", "--answer-list", write_json(tmp_path / "l.json", ["2"]),
+                      "--images", tmp_path / "coco", "--out", tmp_path / "x")
+    assert rc != 0 and err.strip().splitlines() == [
+        "x2vlm pack: error: --min-answer-count: for building the answer list from the answers, not "
+        "with --answer-list (which gives it)"]
+
+
 def test_vqa_v2_test_questions_alone(tmp_path):
     q, _ = _vqa(tmp_path, "test-dev2015")
     answers = write_json(tmp_path / "answer_list.json", ["red", "2"])
@@ -334,6 +367,51 @@ def test_msrvtt_qa_and_msvd_qa_as_published(tmp_path):
     recs, meta = _records(tmp_path / "d2")  # vid1 named through youtube_mapping.txt
     assert [(r["video_id"], r["question_id"]) for r in recs] == [("-4wsuPCjDBc_5_15", 0)]
     assert meta["skipped"]["by_field"] == {"video_id": 1}
+
+
+def test_video_qa_answer_list_by_frequency_and_val_from_the_train_store(tmp_path, capsys):
+    """Without --answer-list the published QA files' answers make the vocabulary (top
+    --max-answers, default 1000, or --min-answer-count); val takes it from the train store."""
+    vids = tmp_path / "v"
+    os.makedirs(vids)
+    for n in (1, 2):
+        _frames(vids / f"video_{n}.json")
+    answers = ["man", "woman", "man", "dog", "woman", "cat", "man"]
+    train = write_json(tmp_path / "train_qa.json", [
+        {"answer": a, "category_id": 0, "id": i, "question": f"q{i}?", "video_id": 1 + i % 2}
+        for i, a in enumerate(answers)])
+    val = write_json(tmp_path / "val_qa.json", [
+        {"answer": "cat", "category_id": 0, "id": 100, "question": "what?", "video_id": 2},
+        {"answer": "horse", "category_id": 0, "id": 101, "question": "which?", "video_id": 1}])
+    rc, _, err = _cli(capsys, "pack", "video-qa", "--ann", train, "--images", vids, "--out",
+                      tmp_path / "train", "--no-progress")
+    assert rc == 0, err
+    recs, meta = _records(tmp_path / "train")
+    assert meta["ans2label"] == {"man": 0, "woman": 1, "cat": 2, "dog": 3}  # count, then name
+    assert meta["answer_list"] == ["man", "woman", "cat", "dog"]
+    assert [r["label"] for r in recs] == [0, 1, 0, 3, 1, 2, 0]
+    rc, _, err = _cli(capsys, "pack", "video-qa", "--ann", val, "--images", vids, "--out", tmp_path / "val",
+                      "--answer-list", tmp_path / "train", "--no-progress")
+    assert rc == 0, err
+    recs, meta = _records(tmp_path / "val")
+    assert meta["answer_list"] == ["man", "woman", "cat", "dog"]
+    assert [r.get("label") for r in recs] == [2, None]  # "horse" is not in the training vocabulary
+    for opts, kept in [({"max_answers": 2}, ["man", "woman"]), ({"min_answer_count": 2}, ["man", "woman"]),
+                       ({"min_answer_count": 1, "max_answers": 3}, ["man", "woman", "cat"])]:
+        out = tmp_path / f"o{len(os.listdir(tmp_path))}"
+        pack("video-qa", [train], str(vids), str(out), progress=False, **opts)
+        recs, meta = _records(out)
+        assert meta["answer_list"] == kept
+        assert sum("label" in r for r in recs) == sum(a in kept for a in answers)
+    with pytest.raises(ConfigError, match="--max-answers must be at least 1, got 0"):
+        pack("video-qa", [train], str(vids), str(tmp_path / "z"), max_answers=0, progress=False)
+    with pytest.raises(InputError, match="no store .*empty|not an x2vlm store"):
+        os.makedirs(tmp_path / "empty")
+        pack("video-qa", [val], str(vids), str(tmp_path / "z2"), answer_list=str(tmp_path / "empty"),
+             progress=False)
+    native = write_jsonl(tmp_path / "native.jsonl", [{"video_id": "video1", "question": "q", "answer": "a"}])
+    with pytest.raises(ConfigError, match="does not take --max-answers"):
+        pack("video-qa", [native], str(vids), str(tmp_path / "z3"), max_answers=5, progress=False)
 
 
 # --- detection, the override, undetectable files ----------------------------------------------

@@ -4,12 +4,15 @@ vqa-v2: ``--questions v2_OpenEnded_mscoco_{split}_questions.json`` (``{"data_sub
 "questions": [{"image_id", "question", "question_id"}]}``) with ``--annotations
 v2_mscoco_{split}_annotations.json`` (``{"annotations": [{"question_id", "answers":
 [{"answer", ...}] x10, "multiple_choice_answer"}]}``) for train/val, or the questions
-alone (test-dev/test). The ten answers become the reference's weights: each distinct
-answer's count / 10 (dataset/vqa_dataset.py). Images: ``{subtype}/COCO_{subtype}_
+alone (test-dev/test). The ten answers are normalised as the official VQA evaluation
+does (:func:`vqa_answer`; ``normalize_answers=False`` keeps them as written) and become the
+reference's weights: each distinct answer's count / 10 (dataset/vqa_dataset.py), so "Two"
+and "2" count together. Images: ``{subtype}/COCO_{subtype}_
 {image_id:012d}.jpg`` under ``--images`` (test-dev uses test2015). The answer list:
 ``--answer-list`` if given, else the ``multiple_choice_answer`` of at least
 ``--min-answer-count`` questions (default 9: the usual 3,129 answers of train+val), most
-frequent first, stored in the metadata.
+frequent first, stored in the metadata (normalised too, before counting). ``--answer-list``
+may name the store a training pack wrote: its metadata's list.
 
 vg-qa: Visual Genome ``question_answers.json`` ``[{"id", "qas": [{"qa_id", "image_id",
 "question", "answer"}]}]``; answers lower-cased without the final period, weight 0.5
@@ -23,12 +26,12 @@ nlvr2-official: NLVR2's jsonl ``{"identifier": "train-10171-0-0", "directory"?, 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
-from x2core.errors import ConfigError, InputError
+from x2core.errors import InputError
 
-from .common import FormatReader, load_json_file
+from .answer_lists import answer_list_option, answers_by_frequency, count_option, refuse_with_list
+from .common import FormatReader
 from .layouts import find_under, load_whole
 from .official_captions import _ObjectFileReader
 from .tasks import Nlvr2Reader
@@ -36,34 +39,28 @@ from .tasks import Nlvr2Reader
 DEFAULT_MIN_ANSWER_COUNT = 9
 
 
-def _answer_list_option(path) -> list[str] | None:
-    if path is None:
-        return None
-    data = load_json_file(os.fspath(path), "answer list")
-    if not isinstance(data, list) or not all(isinstance(a, str) for a in data):
-        raise InputError(f"answer list {path}: expected a JSON list of strings")
-    return data
+def vqa_answer(text: str, normalize: bool) -> str:
+    """An answer as VQA v2 is scored: the official normalisation
+    (:func:`x2core.eval.metrics.vqa.normalize_answer`, the function the ``vqa`` heads'
+    accuracy applies), so "Two" and "2" are one answer; one that normalises to nothing
+    (e.g. "the") stays as written, not an empty training target."""
+    if not normalize:
+        return text
+    # imported here: x2core.eval.metrics loads torch, registering the formats should not
+    from x2core.eval.metrics.vqa import normalize_answer
 
-
-def answers_by_frequency(answers: list[str], min_count: int) -> list[str]:
-    """Answers given at least ``min_count`` times, most frequent first (ties by name)."""
-    counts = Counter(answers)
-    return sorted((a for a, n in counts.items() if n >= min_count), key=lambda a: (-counts[a], a))
-
-
-def _min_count(value) -> int:
-    n = DEFAULT_MIN_ANSWER_COUNT if value is None else int(value)
-    if n < 1:
-        raise ConfigError(f"--min-answer-count must be at least 1, got {value}")
-    return n
+    return normalize_answer(text) or text
 
 
 class VqaV2Reader(_ObjectFileReader):
     name = "vqa-v2"
-    options = ("annotations", "answer_list", "min_answer_count")
+    options = ("annotations", "answer_list", "min_answer_count", "normalize_answers")
     list_key = "questions"
 
-    def setup(self, annotations=None, answer_list=None, min_answer_count=None) -> None:
+    def setup(self, annotations=None, answer_list=None, min_answer_count=None,
+              normalize_answers=True) -> None:
+        refuse_with_list(answer_list, min_answer_count=min_answer_count)
+        self.normalize = bool(normalize_answers)
         if isinstance(annotations, (str, os.PathLike)):
             annotations = [annotations]
         self.ann_paths = [os.fspath(a) for a in annotations or []]
@@ -80,11 +77,12 @@ class VqaV2Reader(_ObjectFileReader):
                     if not isinstance(a, dict) or "question_id" not in a:
                         raise InputError(f"{path}[{i}]: question_id: missing field 'question_id'")
                     self.by_qid[a["question_id"]] = (path, i, a)
-        self.answer_list = _answer_list_option(answer_list)
+        self.answer_list = answer_list_option(answer_list)
         if self.answer_list is None and self.by_qid is not None:
             mc = [a.get("multiple_choice_answer") for _, _, a in self.by_qid.values()]
-            self.answer_list = answers_by_frequency([a for a in mc if isinstance(a, str)],
-                                                    _min_count(min_answer_count))
+            mc = [vqa_answer(a.strip(), self.normalize) for a in mc if isinstance(a, str) and a.strip()]
+            self.answer_list = answers_by_frequency(
+                mc, count_option(min_answer_count, DEFAULT_MIN_ANSWER_COUNT, "--min-answer-count"))
 
     def meta(self) -> dict:
         return {"answer_list": self.answer_list} if self.answer_list is not None else {}
@@ -117,7 +115,7 @@ class VqaV2Reader(_ObjectFileReader):
                 if not isinstance(value, str) or not value.strip():
                     raise self.error(file, index, f"answers[{j}].answer",
                                      f"{afile}[{ai}]: expected a non-empty answer string")
-                texts.append(value.strip())
+                texts.append(vqa_answer(value.strip(), self.normalize))
             weights: dict[str, float] = {}
             for a in texts:  # the reference: += 1 / len(answers) per occurrence
                 weights[a] = weights.get(a, 0.0) + 1.0 / len(texts)
@@ -137,7 +135,7 @@ class VgQaReader(FormatReader):
     options = ("answer_list",)
 
     def setup(self, answer_list=None) -> None:
-        self.answer_list = _answer_list_option(answer_list)
+        self.answer_list = answer_list_option(answer_list)
         self._allowed = set(self.answer_list) if self.answer_list is not None else None
 
     def unit(self, file: str) -> str:

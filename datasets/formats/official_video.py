@@ -11,19 +11,26 @@ video_id,sentence``), one record per row (line numbers in errors).
 msrvtt-qa / msvd-qa (Xu et al. 2017): JSON lists ``[{"question", "answer", "video_id": N,
 "id"}]``; ``id`` becomes ``question_id``; MSRVTT ids are ``video{N}``, MSVD ids ``vid{N}``
 (MSVD's clips are named through ``youtube_mapping.txt`` ``<clip> vid<N>`` when it lies
-next to the annotation file or under ``--images``).
+next to the annotation file or under ``--images``). Without ``--answer-list`` the answer
+vocabulary (``ans2label`` + ``answer_list`` in the metadata, where the ``video-qa`` head
+reads it) is the files' answers by frequency, top ``--max-answers`` (default 1000) or those
+given ``--min-answer-count`` times; val/test take the training vocabulary with
+``--answer-list TRAIN_STORE`` (or its list file).
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from .answer_lists import answers_by_frequency, count_option, refuse_with_list
 from .common import Group
-from .layouts import csv_rows, parse_splits
+from .layouts import csv_rows, load_whole, parse_splits
 from .official_captions import _ObjectFileReader
 from .video import VideoQaReader, VideoTextReader, _VideoMixin
 
 MSRVTT_SPLITS = ("train", "validate", "test")
+# MSRVTT-QA practice (the reference publishes no count): the 1,000 most frequent answers
+DEFAULT_MAX_ANSWERS = 1000
 
 
 class MsrvttInfoReader(_VideoMixin, _ObjectFileReader):
@@ -90,9 +97,34 @@ class Msrvtt1kaReader(VideoTextReader):
 
 
 class _PublishedQaReader(VideoQaReader):
-    """The QA lists of Xu et al.: numeric ``video_id``, ``id`` as the question id."""
+    """The QA lists of Xu et al.: numeric ``video_id``, ``id`` as the question id.
+
+    Without ``--answer-list`` the vocabulary is built from the files' answers: the
+    ``--max-answers`` most frequent (default :data:`DEFAULT_MAX_ANSWERS`), of those given
+    at least ``--min-answer-count`` times when set; with ``--min-answer-count`` alone, all
+    of those.
+    """
 
     prefix = "video"
+    options = ("answer_list", "max_answers", "min_answer_count")
+
+    def setup(self, answer_list=None, max_answers=None, min_answer_count=None) -> None:
+        refuse_with_list(answer_list, max_answers=max_answers, min_answer_count=min_answer_count)
+        super().setup(answer_list=answer_list)
+        if self.ans2label is not None:
+            return
+        min_count = count_option(min_answer_count, 1, "--min-answer-count")
+        cap = count_option(max_answers, None if min_answer_count is not None else DEFAULT_MAX_ANSWERS,
+                           "--max-answers")
+        answers = []
+        for file in self.ann_files:
+            data = load_whole(file)
+            for raw in data if isinstance(data, list) else []:  # other shapes: convert reports them
+                value = raw.get("answer") if isinstance(raw, dict) else None
+                if isinstance(value, str) and value.strip():
+                    answers.append(value.strip())  # as convert stores it: the label's key
+        top = answers_by_frequency(answers, min_count, cap)
+        self.ans2label = {a: i for i, a in enumerate(top)}
 
     def convert(self, file: str, index: int, raw: Any) -> dict:
         raw = self.as_dict(file, index, raw)

@@ -22,6 +22,7 @@ from typing import Any
 
 from x2core.errors import InputError
 
+from .answer_lists import answer_list_option
 from .common import FormatReader, load_json_file
 from .safe_pickle import load_data_pickle
 
@@ -31,12 +32,7 @@ class VqaReader(FormatReader):
     options = ("answer_list",)
 
     def setup(self, answer_list: str | None = None) -> None:
-        self.answer_list = None
-        if answer_list is not None:
-            data = load_json_file(os.fspath(answer_list), "answer list")
-            if not isinstance(data, list) or not all(isinstance(a, str) for a in data):
-                raise InputError(f"answer list {answer_list}: expected a JSON list of strings")
-            self.answer_list = data
+        self.answer_list = answer_list_option(answer_list)
 
     def meta(self) -> dict:
         return {"answer_list": self.answer_list} if self.answer_list is not None else {}

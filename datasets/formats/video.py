@@ -20,8 +20,9 @@ video-text: JSON list or JSON lines ``{"video_id" | "video", "caption": str | [s
 captions of one video merge into one record ``video, video_id, texts``.
 
 video-qa: JSON lines (or a list) ``{"video_id", "question", "answer"}``; ``--answer-list``
-takes the ``ans2label`` JSON (``{answer: label}``, or a list of answers) into the
-metadata, and records get ``label`` when their answer is in it.
+takes the ``ans2label`` JSON (``{answer: label}``, or a list of answers; or a packed
+store, whose metadata's) into the metadata, and records get ``label`` when their answer is
+in it.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from typing import Any
 from x2core.data.video_decode import DecoderMissingError, VideoError, check_video
 from x2core.errors import ConfigError, InputError
 
-from .common import FormatReader, Group, GroupedEntries, load_json_file
+from .answer_lists import load_answer_source
+from .common import FormatReader, Group, GroupedEntries
 
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 _MP4_BRANDS = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
@@ -174,7 +176,7 @@ class VideoQaReader(_VideoMixin, FormatReader):
     def setup(self, answer_list: str | None = None) -> None:
         self.ans2label = None
         if answer_list is not None:
-            data = load_json_file(os.fspath(answer_list), "answer list (ans2label)")
+            data = load_answer_source(answer_list, "answer list (ans2label)")
             if isinstance(data, list) and all(isinstance(a, str) for a in data):
                 data = {a: i for i, a in enumerate(data)}
             if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):

@@ -75,7 +75,8 @@ def add_arguments(parser) -> None:
                         help="image-text/regions: the image field ('binary' = base64, else a "
                              "path; default: whichever of binary, image_rpath, image is present)")
     parser.add_argument("--answer-list", default=None, metavar="FILE",
-                        help="vqa: answer_list.json; video-qa: ans2label JSON (stored in the metadata)")
+                        help="vqa: answer_list.json; video-qa: ans2label JSON (stored in the metadata); "
+                             "or a packed store: its metadata's (val/test with the train list)")
     parser.add_argument("--refs", default=None, metavar="FILE",
                         help="refcoco: the REFER refs pickle, e.g. 'refs(unc).p' (read as data "
                              "only: a pickle naming any code is refused)")
@@ -96,8 +97,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--annotations", nargs="+", default=None, metavar="FILE",
                         help="vqa: the VQA v2 annotations file(s) (train/val: answers + weights)")
     parser.add_argument("--min-answer-count", type=int, default=None, metavar="N",
-                        help="vqa-v2 without --answer-list: answers of at least N questions "
-                             "make the answer list (default 9)")
+                        help="vqa-v2 / msrvtt-qa / msvd-qa without --answer-list: answers of at "
+                             "least N questions make the answer list (vqa-v2 default 9)")
+    parser.add_argument("--max-answers", type=int, default=None, metavar="K",
+                        help="msrvtt-qa / msvd-qa without --answer-list: the K most frequent "
+                             "answers make the answer list (default 1000)")
+    parser.add_argument("--no-normalize-answers", action="store_true",
+                        help="vqa-v2: keep the answers as written (default: the official VQA "
+                             "normalisation, so 'Two' and '2' count as one answer)")
     parser.add_argument("--classes", default=None, metavar="FILE",
                         help="classification: the class names (JSON list, or one a line)")
     parser.add_argument("--commit-every", type=int, default=1000, metavar="N",
@@ -124,7 +131,9 @@ def run(args) -> int:
                "answer_list": _abs(args.answer_list), "refs": _abs(args.refs),
                "instances": _abs(args.instances), "layout": args.layout, "split": args.split,
                "annotations": [_abs(a) for a in args.annotations] if args.annotations else None,
-               "min_answer_count": args.min_answer_count, "classes": _abs(args.classes),
+               "min_answer_count": args.min_answer_count, "max_answers": args.max_answers,
+               "normalize_answers": False if args.no_normalize_answers else None,
+               "classes": _abs(args.classes),
                "exclude_videos": _abs(args.exclude_videos)}
     ann = list(args.ann or []) + list(args.questions or [])
     if not ann:
