@@ -73,9 +73,15 @@ def _heldout(world, task):
 def trained(pm, world, tmp_path_factory):
     """Each head fine-tuned on its all-language train store, evaluated per language."""
     out = {}
-    for task, epochs in (("xvnli", 4), ("marvl", 1), ("xgqa", 4)):
+    # MaRVL continues from the XVNLI model, as IGLUE evaluates MaRVL from a model fine-tuned
+    # on another two-image task first (NLVR2 there): "both images contain a red shape" is an
+    # AND of the per-image colour test XVNLI teaches ("there is a red shape"). From random
+    # initialisation it stays at 53-58 % in this budget; from the XVNLI model, 63-65 %
+    # (seeds 0 and 1) on 60 held-out pairs per language.
+    for task, epochs, init in (("xvnli", 4, None), ("marvl", 6, "xvnli"), ("xgqa", 4, None)):
         run = tmp_path_factory.mktemp(task)
-        out[task] = (run, _finetune(pm, run, task, [f"epochs={epochs}"], train=world[f"{task}_train"],
+        extra = [f"epochs={epochs}"] + ([f"init_from={out[init][0]}"] if init else [])
+        out[task] = (run, _finetune(pm, run, task, extra, train=world[f"{task}_train"],
                                     eval=_heldout(world, task)))
     return out
 
@@ -144,7 +150,7 @@ def test_formats_read_the_published_layouts(tmp_path):
 
 # --- heads --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("task", ["xvnli", "xgqa"])
+@pytest.mark.parametrize("task", ["xvnli", "marvl", "xgqa"])
 def test_head_beats_baseline_per_language(trained, task):
     _, res = trained[task]
     for lang in LANGS:
@@ -152,8 +158,6 @@ def test_head_beats_baseline_per_language(trained, task):
         assert m["acc"] > max(m["majority_acc"], m["chance_acc"]) + 5, (task, lang, m)
 
 
-# marvl is not shown to beat chance in a budget this small (55-58 % after 5-8 epochs, 27-55 s,
-# README): its one-epoch run is only checked for the per-language table below.
 @pytest.mark.parametrize("task", ["xvnli", "marvl", "xgqa"])
 def test_per_language_table_has_the_same_shape_for_every_task(trained, task):
     run, res = trained[task]
