@@ -137,13 +137,19 @@ def test_shards_n_and_jobs_give_identical_shards(packed, raw, tmp_path):
 
 
 KILLING_PACK = """
-import os, signal, sys
+import os, signal, sys, time
 from x2core.data import store
+PACK_PID = os.getpid()  # the pack command's own process (forked --jobs workers inherit it)
 append, seen = store.LmdbWriter.append, [0]
 def dying_append(self, record):
+    if seen[0] == 0:
+        with open(os.environ["PID_LOG"], "a") as f:
+            f.write(f"{os.getpid()}\\n")
     seen[0] += 1
     if seen[0] > int(os.environ["KILL_AFTER"]):
-        os.kill(os.getpid(), signal.SIGKILL)
+        while len(open(os.environ["PID_LOG"]).read().split()) < int(os.environ["WRITERS"]):
+            time.sleep(0.01)  # until every --jobs worker is packing a shard
+        os.kill(PACK_PID, signal.SIGKILL)  # a --jobs worker then carries on, as an orphan would
     return append(self, record)
 store.LmdbWriter.append = dying_append
 from x2core.cli.app import main
@@ -151,24 +157,51 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_killed_sharded_pack_resumes_to_the_same_shards(packed, raw, tmp_path):
-    """SIGKILL on the 8th record (shard 0 finished, shard 1 holds 2 committed records, the
-    index not written): re-running the command gives the uninterrupted pack's shards."""
-    out = tmp_path / "killed"
-    args = _pack_args(raw, out, "--shard-size", str(SHARD_SIZE), "--commit-every", "2")
-    proc = subprocess.run([sys.executable, "-c", KILLING_PACK, *args], capture_output=True, text=True,
-                          env={**os.environ, "KILL_AFTER": "7"}, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_killed_sharded_pack_resumes_to_the_same_shards(packed, raw, tmp_path, jobs):
+    """SIGKILL of the pack process. ``--jobs 1``: on its 8th record (shard 0 finished, shard
+    1 holds 2 committed records, the index not written). ``--jobs 2``: killed by a worker on
+    its 4th record once both workers pack (shards 0 and 1 part-written); the workers die
+    with it (no orphan keeps writing a shard the re-run packs). Re-running the command gives
+    the uninterrupted pack's shards and checksums."""
+    import time
+
+    out, pids = tmp_path / "killed", tmp_path / "pids"
+    args = _pack_args(raw, out, "--shard-size", str(SHARD_SIZE), "--commit-every", "2", "--jobs", str(jobs))
+    with open(tmp_path / "pack.log", "w") as log:  # not a pipe: an orphan would hold it open
+        proc = subprocess.run([sys.executable, "-c", KILLING_PACK, *args], stdout=log, stderr=log,
+                              env={**os.environ, "KILL_AFTER": "7" if jobs == 1 else "3",
+                                   "PID_LOG": str(pids), "WRITERS": str(jobs)}, timeout=300)
+    assert proc.returncode == -9, (tmp_path / "pack.log").read_text()[-2000:]
     assert not (out / "shards.json").exists()
+    writers = [int(p) for p in pids.read_text().split()]
+    assert len(writers) == jobs
+    deadline = time.time() + 10
+    while any(_alive(p) for p in writers) and time.time() < deadline:
+        time.sleep(0.05)
+    orphans = [p for p in writers if _alive(p)]
+    for p in orphans:  # (only on failure) stop what this test started
+        os.kill(p, 9)
+    assert not orphans, "pack workers outlived the killed pack process"
+    from x2core.data.store import UnfinishedStoreError, LmdbReader
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("shard-")) == ["shard-00000",
                                                                                  "shard-00001"]
-    from x2core.data.store import UnfinishedStoreError, LmdbReader
-    assert len(LmdbReader(out / "shard-00000")) == 5
-    with pytest.raises(UnfinishedStoreError):
-        LmdbReader(out / "shard-00001")
+    if jobs == 1:
+        assert len(LmdbReader(out / "shard-00000")) == 5
+        with pytest.raises(UnfinishedStoreError):
+            LmdbReader(out / "shard-00001")
     assert main(args) == 0
     report = json.loads((out / "pack_report.json").read_text())
-    assert report["count"] == RECORDS and report["resumed_shards"] == 2
+    assert report["count"] == RECORDS and report["resumed_shards"] >= 2
     assert _shard_records(out) == _shard_records(packed["sharded"])
     assert [s["checksum"] for s in json.loads((out / "shards.json").read_text())["shards"]] == \
         [s["checksum"] for s in json.loads((packed["sharded"] / "shards.json").read_text())["shards"]]
@@ -213,28 +246,33 @@ def test_sharded_sampler_partitions_each_epoch():
 
 
 def test_two_ranks_two_workers_see_each_sample_once_and_resume_exactly(packed, tmp_path):
-    """torchrun, 2 ranks x 2 workers, an image stream over the 5 shards (batch 3: 4 steps an
-    epoch, 8 steps). A run SIGKILLed after step 5 and resumed (--resume, from its step-3
-    checkpoint) takes on every step of every rank exactly the samples of the uninterrupted
-    run -- the samplers' batches, which the loader hands out in order (the killed run's own
-    first steps show it) -- so each epoch holds every record once job-wide; each worker
-    reads one slot's samples (after the resume at batch 3 the hand-out is rotated by one)."""
+    """torchrun, 2 ranks x 2 workers, an image stream over the 5 shards (batch 6: 2 steps an
+    epoch, 4 steps). A run SIGKILLed after step 2 and resumed (--resume, from its step-1
+    checkpoint) takes on every step of every rank exactly the samples of the samplers'
+    batches, which the loader hands out in order (the killed run's own first steps show it),
+    and of a third, uninterrupted run, whose losses and final weights it also ends with; so
+    each epoch holds every record once job-wide; each worker reads one slot's samples (after
+    the resume at batch 1 the hand-out is rotated by one)."""
     pytest.importorskip("torch.distributed.run")
-    from test_train import _torchrun, cli_env, write_config
+    import torch
+    from test_train import _torchrun, cli_env, losses_by_step, write_config
     from x2core.data.mixing import ShardedBatchSampler
 
     store = str(packed["sharded"])
-    data = {"images": {"path": store, "kind": "image", "batch_size": 3, "max_tokens": 16,
+    data = {"images": {"path": store, "kind": "image", "batch_size": 6, "max_tokens": 16,
                        "num_workers": 2}}
-    cfg = write_config(tmp_path, {"images": store, "regions": store}, "run", data=data, steps=8,
-                       ckpt_every=3)
-    logs = {name: tmp_path / f"log_{name}" for name in ("killed", "resumed")}
+    cfgs = {name: write_config(tmp_path, {"images": store, "regions": store}, name, data=data, steps=4,
+                               ckpt_every=every)
+            for name, every in (("run", 1), ("full", 4))}  # the uninterrupted run: the final one only
+    logs = {name: tmp_path / f"log_{name}" for name in ("killed", "resumed", "full")}
     for d in logs.values():
         d.mkdir()
-    killed = _torchrun(cfg, cli_env(X2VLM_TEST_SAMPLE_LOG=str(logs["killed"]), X2VLM_TEST_KILL_AT="5"))
+    killed = _torchrun(cfgs["run"], cli_env(X2VLM_TEST_SAMPLE_LOG=str(logs["killed"]), X2VLM_TEST_KILL_AT="2"))
     assert killed.returncode != 0
-    resumed = _torchrun(cfg, cli_env(X2VLM_TEST_SAMPLE_LOG=str(logs["resumed"])), "--resume")
+    resumed = _torchrun(cfgs["run"], cli_env(X2VLM_TEST_SAMPLE_LOG=str(logs["resumed"])), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+    full = _torchrun(cfgs["full"], cli_env(X2VLM_TEST_SAMPLE_LOG=str(logs["full"])))
+    assert full.returncode == 0, full.stderr[-4000:]
 
     def by_step(log_dir):  # {(rank, loader step): [[epoch, index, worker], ...]}
         out = {}
@@ -244,26 +282,64 @@ def test_two_ranks_two_workers_see_each_sample_once_and_resume_exactly(packed, t
                 out[(rank, rec["step"])] = rec["keys"]
         return out
 
-    first, second = by_step(logs["killed"]), by_step(logs["resumed"])
-    assert {s for _, s in first} >= {0, 1, 2, 3, 4} and {s for _, s in second} == set(range(3, 8))
-    samplers = [ShardedBatchSampler(COUNTS, 3, seed=7, name="images", rank=r, world_size=2, workers=2)
+    first, second, third = by_step(logs["killed"]), by_step(logs["resumed"]), by_step(logs["full"])
+    assert {s for _, s in first} >= {0, 1} and {s for _, s in second} == {1, 2, 3}
+    samplers = [ShardedBatchSampler(COUNTS, 6, seed=7, name="images", rank=r, world_size=2, workers=2)
                 for r in (0, 1)]
     uninterrupted = {}
     for rank, sampler in enumerate(samplers):
         it = iter(sampler)
-        for step in range(8):
+        for step in range(4):
             uninterrupted[(rank, step)] = [list(k) for k in next(it)]
-    for log in (first, second):
+    for log in (first, second, third):
         for key, keys in log.items():
             assert [k[:2] for k in keys] == uninterrupted[key], f"(rank, step) {key}"
-    trained = {**{k: v for k, v in first.items() if k[1] < 3}, **second}  # what the job trained on
-    assert sorted(trained) == sorted(uninterrupted)
+    trained = {**{k: v for k, v in first.items() if k[1] < 1}, **second}  # what the job trained on
+    assert sorted(trained) == sorted(uninterrupted) == sorted(third)
+    assert {k: [x[:2] for x in v] for k, v in trained.items()} == \
+        {k: [x[:2] for x in v] for k, v in third.items()}
     for epoch in (0, 1):
-        ids = [k[1] for (_, step), keys in trained.items() for k in keys if step // 4 == epoch]
+        ids = [k[1] for (_, step), keys in trained.items() for k in keys if step // 2 == epoch]
         assert sorted(ids) == list(range(RECORDS)), f"epoch {epoch}"
-    for log, rotation in ((first, 0), (second, 1)):
+    for log, rotation in ((first, 0), (second, 1), (third, 0)):
         for (rank, step), keys in log.items():
-            epoch = step // 4
+            epoch = step // 2
             for _, index, worker in keys:
                 slot = rank * 2 + (worker + rotation) % 2
                 assert index in samplers[rank].slot_indices(epoch, slot).tolist(), (rank, step, worker)
+    # the killed + resumed run is the uninterrupted one: the same losses and final weights
+    assert losses_by_step(tmp_path / "run") == losses_by_step(tmp_path / "full")
+    final = "checkpoints/step_00000004.pt"
+    a = torch.load(tmp_path / "run" / final, weights_only=False)["model"]
+    b = torch.load(tmp_path / "full" / final, weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_under_another_ranks_x_workers_layout_is_refused(packed, tmp_path, capsys):
+    """The sharded order is a function of ranks x workers: a checkpoint of a 1 rank x 1
+    worker run resumed with num_workers=2 is refused in one line naming the stream and both
+    layouts; a checkpoint written before layouts were saved still resumes."""
+    import torch
+    from test_train import write_config
+
+    store = str(packed["sharded"])
+    data = {"images": {"path": store, "kind": "image", "batch_size": 3, "max_tokens": 16}}
+    cfg = write_config(tmp_path, {"images": store, "regions": store}, "run", data=data, steps=2,
+                       ckpt_every=2)
+    assert main(["pretrain", str(cfg)]) == 0
+    ckpt_path = tmp_path / "run" / "checkpoints" / "step_00000002.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    assert ckpt["loader"][0]["streams"]["images"] == {"epoch": 0, "batch": 2, "layout": [1, 1]}
+    capsys.readouterr()
+    assert main(["pretrain", str(cfg), "data.images.num_workers=2", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("stream 'images': checkpoint was written with 1 rank x 1 worker, this run has "
+                        "1 rank x 2 workers; the sharded order depends on it: resume with the same "
+                        "layout (world size and num_workers) or start fresh"), err
+    assert len(err.splitlines()) == 1
+    # num_workers 0 and 1 are the same layout (one reader)
+    assert main(["pretrain", str(cfg), "data.images.num_workers=0", "--resume"]) == 0
+    # an older checkpoint (no layout) resumes as before
+    del ckpt["loader"][0]["streams"]["images"]["layout"]
+    torch.save(ckpt, ckpt_path)
+    assert main(["pretrain", str(cfg), "data.images.num_workers=2", "--resume"]) == 0

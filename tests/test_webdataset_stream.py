@@ -6,13 +6,17 @@ import builtins
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from x2core.errors import ConfigError, InputError
+from x2core.errors import CheckpointError, ConfigError, InputError
 
 pytest.importorskip("webdataset")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -52,6 +56,11 @@ def write_shards(root, shards: int, per_shard: int, *, bad: tuple[int, int] | No
 
 @pytest.fixture(scope="module")
 def text():
+    return text_processor()
+
+
+def text_processor():
+    """A tiny wordpiece TextProcessor over :data:`WORDS` (also built by the torchrun script)."""
     from x2core.data.masking import MaskingConfig, TextMaskingGenerator
     from x2core.data.text import TextProcessor
     from x2core.data.tokenizers import wordpiece_tokenizer
@@ -156,11 +165,15 @@ def test_mixed_loader_resumes_at_shard_granularity(tmp_path, text):
     # the finished shards are skipped; the partly consumed third shard is read again from its start
     assert [i // SHARD_STRIDE for i in nxt] == [order[2]] * 3 + [order[3]] * 3
     assert nxt[:2] == sum(seen, [])[6:]
-    # resumed with another worker count: the earliest saved epoch from its start
-    ds = make_stream(pattern, text)
-    ds.bind(num_workers=2)
-    ds.load_state_dict(state["streams"]["laion"])
-    assert ds.slots == [[0, 0], [0, 0]]
+    # resumed under another ranks x workers layout (other shards per slot): refused, one line
+    for world_size, workers, now in ((1, 2, "1 rank x 2 workers"), (2, 1, "2 ranks x 1 worker")):
+        ds = make_stream(pattern, text)
+        ds.bind(rank=0, world_size=world_size, num_workers=workers)
+        with pytest.raises(CheckpointError) as exc:
+            ds.load_state_dict(state["streams"]["laion"])
+        assert str(exc.value) == (f"stream 'laion': checkpoint was written with 1 rank x 1 worker, "
+                                  f"this run has {now}; the sharded order depends on it: resume with "
+                                  f"the same layout (world size and num_workers) or start fresh")
     first.close()
     resumed.close()
 
@@ -231,3 +244,67 @@ def test_pretraining_on_shards_runs_logs_finite_losses_and_resumes(tmp_path):
     train(load_train_config(str(path), []), resume=str(tmp_path / "run" / "checkpoints" / "step_00000002.pt"))
     again = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in again if "train/laion/itc" in r] == [1, 2, 3, 3]
+    # through the real restore path: another num_workers is refused before any step
+    with pytest.raises(CheckpointError, match="stream 'laion': checkpoint was written with 1 rank x "
+                                              "1 worker, this run has 1 rank x 2 workers"):
+        train(load_train_config(str(path), ["data.laion.num_workers=2"]),
+              resume=str(tmp_path / "run" / "checkpoints" / "step_00000002.pt"))
+
+
+TORCHRUN_READER = """
+import json, os, sys
+import torch.distributed as dist
+from torch.utils.data import get_worker_info
+sys.path.insert(0, sys.argv[1])
+from test_webdataset_stream import make_stream, text_processor
+from x2core.data.mixing import MixedLoader, StreamSpec
+from x2core.data.webdataset_stream import POSITION_KEY, collate_shard_batch
+
+def collate(items):  # runs in the DataLoader worker: who made each sample, in which epoch
+    out = collate_shard_batch(items)
+    out["made_by"] = [[it[POSITION_KEY][1], int(it["idx"]), get_worker_info().id, os.getpid()]
+                      for it in items]
+    return out
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+stream = StreamSpec(make_stream(sys.argv[2], text_processor()), 2, collate, num_workers=2)
+with MixedLoader({"laion": stream}, seed=3, rank=rank, world_size=world, pin_memory=False) as loader:
+    made = [s for _ in range(int(sys.argv[4])) for s in next(loader)["laion"]["made_by"]]
+with open(os.path.join(sys.argv[3], f"rank{rank}.json"), "w") as f:
+    json.dump({"main_pid": os.getpid(), "samples": made}, f)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_two_ranks_with_two_worker_processes_read_each_sample_once_per_epoch(tmp_path):
+    """torchrun, 2 gloo ranks, each a MixedLoader with 2 real DataLoader worker processes
+    over 8 shards of 3, for 2 epochs (12 batches of 2 a rank): per epoch every sample is read exactly
+    once across the 4 (rank, worker) slots, each slot reading only its own shards."""
+    pytest.importorskip("torch.distributed.run")
+    from x2core.data.webdataset_stream import SHARD_STRIDE
+
+    raw = write_shards(tmp_path / "wds", shards=8, per_shard=3)
+    pattern = str(tmp_path / "wds" / "{00000..00007}.tar")
+    script, out = tmp_path / "reader.py", tmp_path / "out"
+    script.write_text(TORCHRUN_READER)
+    out.mkdir()
+    tests_dir = str(Path(__file__).resolve().parent)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script), tests_dir, pattern, str(out), "12"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ds = make_stream(pattern, text_processor())
+    ds.bind(world_size=2, num_workers=2)
+    want = sorted(r["shard"] * SHARD_STRIDE + r["pos"] for r in raw)
+    seen = {0: [], 1: []}
+    for rank in (0, 1):
+        log = json.loads((out / f"rank{rank}.json").read_text())
+        pids = {pid for *_, pid in log["samples"]}
+        assert len(pids) == 2 and log["main_pid"] not in pids  # two real worker processes
+        for epoch, idx, worker, _ in log["samples"]:
+            assert idx // SHARD_STRIDE in ds.shards_of(rank * 2 + worker, epoch), (rank, worker, idx)
+            seen[epoch].append(idx)
+    assert sorted(seen[0]) == sorted(seen[1]) == want  # each sample once per epoch, job-wide

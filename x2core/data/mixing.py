@@ -16,9 +16,30 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from x2core.data.seeding import derive_seed
 from x2core.data.threads import batches
-from x2core.errors import ConfigError, X2Error
+from x2core.errors import CheckpointError, ConfigError, X2Error
 
-__all__ = ["StreamSpec", "MixedLoader", "EpochBatchSampler", "ShardedBatchSampler"]
+__all__ = ["StreamSpec", "MixedLoader", "EpochBatchSampler", "ShardedBatchSampler",
+           "check_same_layout"]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def check_same_layout(name: str, saved: Sequence[int], now: Sequence[int]) -> None:
+    """Refuse resuming a sharded stream under another ``(world_size, workers)`` layout.
+
+    A shard-split stream's order is a function of its ranks x workers slots, so a
+    position saved under one layout means other samples under another: continuing would
+    silently repeat and skip data. ``workers`` counts 0 as 1 (both are one reader).
+    """
+    (r0, w0), (r1, w1) = (int(v) for v in saved), (int(v) for v in now)
+    if (r0, max(1, w0)) != (r1, max(1, w1)):
+        raise CheckpointError(
+            f"stream '{name}': checkpoint was written with {_plural(r0, 'rank')} x "
+            f"{_plural(max(1, w0), 'worker')}, this run has {_plural(r1, 'rank')} x "
+            f"{_plural(max(1, w1), 'worker')}; the sharded order depends on it: resume with the "
+            f"same layout (world size and num_workers) or start fresh")
 
 # --- sampling and mixing ----------------------------------------------------------------------
 
@@ -109,8 +130,9 @@ class ShardedBatchSampler(EpochBatchSampler):
     batches to workers; ``batches_per_epoch`` is a multiple of ``workers``. A resume at
     batch ``b`` restarts the hand-out at worker 0, so worker ``w`` then reads slot
     ``(w + b) % workers``: still one slot per worker, and the batches are the same ones.
-    The position is the inherited ``(epoch, batch)``; an exact resume needs the same
-    ranks x workers (another layout is another, equally valid, data order).
+    The position is the inherited ``(epoch, batch)``; it only means the same samples
+    under the same ranks x workers, so :class:`MixedLoader` saves the layout with it and
+    refuses a resume under another one (:func:`check_same_layout`).
     """
 
     def __init__(self, counts, batch_size: int, *, seed: int, name: str = "", rank: int = 0,
@@ -322,17 +344,32 @@ class MixedLoader:
         self.step += 1
         return out
 
+    def _layout(self, name: str) -> list[int]:
+        """``[world_size, workers]`` of a shard-split stream (0 workers counting as 1)."""
+        return [self.world_size, max(1, int(self.streams[name].num_workers))]
+
+    def _stream_state(self, name: str) -> dict:
+        if self._iterable(name):
+            return self.streams[name].dataset.state_dict()
+        epoch, batch = self._pos[name]
+        state = {"epoch": epoch, "batch": batch}
+        if self.streams[name].shards is not None:  # its order depends on the layout
+            state["layout"] = self._layout(name)
+        return state
+
     def state_dict(self) -> dict:
         """Plain-Python position: ``step`` and, per stream, the epoch and the batches
-        consumed in it (an iterable stream: its own ``state_dict()``)."""
+        consumed in it (a shard-set stream also its ``layout``, [world_size, workers];
+        an iterable stream: its own ``state_dict()``)."""
         return {"step": self.step, "seed": self.seed, "rank": self.rank,
                 "world_size": self.world_size,
-                "streams": {name: self.streams[name].dataset.state_dict() if self._iterable(name)
-                            else {"epoch": e, "batch": b} for name, (e, b) in self._pos.items()}}
+                "streams": {name: self._stream_state(name) for name in self._pos}}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state``: the next batch is the one the saved loader would
-        have produced next. Streams absent from ``state`` start from the beginning."""
+        have produced next. Streams absent from ``state`` start from the beginning. A
+        shard-set stream saved under another ranks x workers layout is refused
+        (:func:`check_same_layout`); one saved before layouts were stored resumes as is."""
         try:
             step = int(state["step"])
             streams = state["streams"]
@@ -348,6 +385,8 @@ class MixedLoader:
             if pos is None:
                 self._pos[name] = [0, 0]
                 continue
+            if self.streams[name].shards is not None and "layout" in pos:
+                check_same_layout(name, pos["layout"], self._layout(name))
             epoch, batch = int(pos["epoch"]), int(pos["batch"])
             if batch >= self._nb[name]:  # e.g. resumed with more ranks: next epoch
                 epoch, batch = epoch + 1, 0

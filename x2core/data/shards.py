@@ -30,7 +30,8 @@ records than entries. Each shard is packed by :func:`x2core.data.packing.pack` o
 entry range, with its own commit-every transactions and progress record, so re-running a
 killed sharded pack keeps the finished shards, resumes the partial ones where their last
 commit left them and never duplicates a record; ``--jobs J`` packs J shards at a time in
-worker processes (the index is written by the parent once every shard is finished).
+worker processes (the index is written by the parent once every shard is finished; a
+worker dies with its parent, so a killed ``--jobs`` pack leaves no process writing).
 
 Checksum (``sha256-records``): SHA-256 over every record of the shard in index order, each
 fed as its key (the 10 ASCII digits of :func:`~x2core.data.store.record_key`), the value's
@@ -349,7 +350,8 @@ def _pack_parallel(tasks: list[dict], jobs: int) -> list[tuple[dict, str]]:
     # fork: the workers inherit the loaded plugins (a spawned one would re-import them all).
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                       else None)
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_pack_one, t) for t in tasks]
         try:
             return [f.result() for f in futures]
@@ -357,6 +359,42 @@ def _pack_parallel(tasks: list[dict], jobs: int) -> list[tuple[dict, str]]:
             for f in futures:
                 f.cancel()
             raise
+
+
+PARENT_POLL_S = 0.2  # how often a worker without PR_SET_PDEATHSIG checks for its parent
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker as soon as the pack process ``parent`` dies.
+
+    A SIGKILLed pack (OOM killer, pre-emption) leaves its ``ProcessPoolExecutor`` workers
+    alive: they would finish their shard and then wait forever, still writing while the
+    re-run resumes the same shard (two writers, one progress record). Linux: the kernel
+    sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere a daemon thread
+    notices the re-parenting. Either way the worker dies mid-transaction, which LMDB and
+    the progress record already survive (the same as killing every process at once).
+    """
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # it died before the prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass  # no usable libc: poll instead
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+    threading.Thread(target=watch, name="x2vlm-pack-parent-watch", daemon=True).start()
 
 
 def _remove_shard_set(out_dir: str) -> None:

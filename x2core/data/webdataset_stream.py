@@ -22,8 +22,10 @@ malformed LMDB record does (training skips nothing silently).
 Resume. The position saved in the checkpoint is, per worker of this rank, ``(epoch,
 shards finished)``; a resumed stream skips those shards. Samples of the shard a worker
 was reading when the checkpoint was written are seen again (a shard counts as finished
-once a sample of the next one has been consumed). Resuming with another
-``num_workers`` restarts every worker at the start of the earliest saved epoch.
+once a sample of the next one has been consumed). The saved position also holds the
+layout (world size, workers): which shards a slot reads depends on it, so resuming under
+another ranks x workers layout is refused in one line (resume with the same layout or
+start fresh).
 
 ``webdataset`` is optional (``pip install x2vlm[webdataset]``) and imported lazily.
 """
@@ -38,6 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from x2core.data.collate import collate_image_text
 from x2core.data.datasets import ImageTextDataset, _RecordContext, malformed_value
+from x2core.data.mixing import check_same_layout
 from x2core.data.seeding import derive_seed
 from x2core.errors import ConfigError, InputError, X2Error
 
@@ -166,21 +169,21 @@ class WebDatasetStream(IterableDataset):
                 "slots": [list(s) for s in self.slots]}
 
     def load_state_dict(self, state: Mapping | None) -> None:
-        """Continue from ``state`` (None: from the start). Another worker count restarts
-        every worker at the start of the earliest saved epoch."""
+        """Continue from ``state`` (None: from the start). A state saved under another
+        (world size, workers) layout is refused (:func:`check_same_layout`)."""
         if state is None:
             self.slots = [[0, 0] for _ in range(self.workers)]
             return
         try:
             slots = [[int(e), int(d)] for e, d in state["slots"]]
-            workers = int(state["workers"])
+            layout = (int(state.get("world_size", self.world_size)), int(state["workers"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise X2Error(f"stream '{self.name}': not a web-dataset stream position ({exc!r})") from None
-        if workers == self.workers and len(slots) == self.workers:
-            self.slots = slots
-        else:
-            first = min(e for e, _ in slots)
-            self.slots = [[first, 0] for _ in range(self.workers)]
+        check_same_layout(self.name, layout, (self.world_size, self.workers))
+        if len(slots) != self.workers:
+            raise X2Error(f"stream '{self.name}': not a web-dataset stream position ({len(slots)} "
+                          f"worker positions for {self.workers} workers)")
+        self.slots = slots
 
     # --- reading (data workers) --------------------------------------------------------------
 
