@@ -106,8 +106,18 @@ def synthetic_world(out_dir, **options):
     return generate(out_dir, **options)
 
 
+def synthetic_iglue(out_dir, **options):
+    """The IGLUE task files (XVNLI, MaRVL, xGQA in en/de/zh) about a synthetic world already
+    generated in ``out_dir``: :func:`x2datasets.synthetic.iglue.write_iglue`."""
+    from .synthetic.iglue import write_iglue
+    return write_iglue(out_dir, **options)
+
+
 @hookimpl
 def x2vlm_register_generators(register):
     register("synthetic-world", synthetic_world,
              description="coloured shapes with en/de/zh captions, exact boxes, task files and "
                          "moving-shape videos (the demos' and tests' data)")
+    register("synthetic-iglue", synthetic_iglue,
+             description="IGLUE-layout XVNLI, MaRVL and xGQA files in en/de/zh about a generated "
+                         "synthetic world (the multilingual demo's IGLUE tasks)")

@@ -9,7 +9,10 @@ English captions) pretrained briefly; its text encoder swapped for a random-init
 XLM-R (SentencePiece trained on the en/de/zh captions), vision and fusion kept; the
 swapped model trained on en/de/zh captions with CCLM-style learning rates; per-language
 text->image and image->text R@1/5/10 on held-out scenes beside chance (and the zero-shot
-row right after the swap). Writes OUT/multilingual_results.json and OUT/multilingual_table.md.
+row right after the swap); then the IGLUE tasks (XVNLI, MaRVL, xGQA) fine-tuned from that
+model, per language beside the majority answer and chance, zero-shot cross-lingual (English
+fine-tuning) and fine-tuned on every language. Writes OUT/multilingual_results.json and
+OUT/multilingual_table.md.
 
 examples:
   x2vlm multilingual-demo threads=2
@@ -18,7 +21,7 @@ examples:
 """
 
 QUICK = {"num_train": 300, "num_heldout": 30, "english_steps": 20, "multilingual_steps": 20,
-         "batch_size": 16}
+         "batch_size": 16, "iglue_epochs": 1}
 
 
 def add_arguments(parser) -> None:

@@ -9,7 +9,10 @@
 4. evaluate the swapped model zero-shot (its XLM-R is random: about chance);
 5. train the swapped model on en/de/zh captions with CCLM-style learning rates (vision
    lr/2, text 2 lr, fusion lr; new parameters lr * lr_mult; mask_prob 0.4);
-6. evaluate per-language retrieval on the held-out scenes, beside chance; write
+6. evaluate per-language retrieval on the held-out scenes, beside chance;
+7. the IGLUE tasks (XVNLI, MaRVL, xGQA) from the multilingual model, per language beside
+   the majority answer and chance, under IGLUE's zero-shot cross-lingual protocol (English
+   fine-tuning) and fine-tuned on every language (``x2core.recipes.iglue_tasks``); write
    ``multilingual_results.json`` and ``multilingual_table.md``.
 
 ``parallel_text=true`` adds CCLM's parallel-text stream to step 5 (the synthetic training
@@ -29,6 +32,7 @@ from typing import Any, Optional
 import torch
 
 from x2core.config import from_dict, merge, to_dict
+from x2core.errors import ConfigError
 
 
 @dataclass
@@ -54,6 +58,10 @@ class MultilingualDemoConfig:
     spm_vocab_size: int = 400
     langs: list[str] = field(default_factory=lambda: ["en", "de", "zh"])
     parallel_text: bool = False       # stage 2 with CCLM's parallel-text stream beside the images
+    # step 7: IGLUE tasks from the multilingual model ([]: skipped); "zero-shot" fine-tunes on
+    # English and evaluates every language, "all" fine-tunes on every language
+    iglue_protocols: list[str] = field(default_factory=lambda: ["zero-shot", "all"])
+    iglue_epochs: int = 2
     threads: Optional[int] = None
     progress: bool = True
 
@@ -161,14 +169,42 @@ def _train(tcfg) -> str:
     return str(latest_checkpoint(ckpts))
 
 
+IGLUE_PROTOCOLS = {"zero-shot": "zero-shot cross-lingual (fine-tuned on English only)",
+                   "all": "fine-tuned on every language"}
+
+
+def run_iglue(cfg: MultilingualDemoConfig, model: str) -> dict:
+    """Step 7: ``{protocol: {task: {lang: metrics}}}`` (each protocol's runs in
+    ``out_dir/iglue[_parallel]/<protocol>/<task>``, resumable only by re-running)."""
+    from x2core.recipes.iglue_tasks import pack_iglue, run_iglue_tasks, TASKS
+
+    if not cfg.iglue_protocols:
+        return {}
+    out = Path(cfg.out_dir) / f"iglue{_suffix(cfg)}"
+    _say(f"[7/7] IGLUE tasks ({', '.join(TASKS)}) from the multilingual model: "
+         + "; ".join(IGLUE_PROTOCOLS[p] for p in cfg.iglue_protocols))
+    stores = pack_iglue(str(Path(cfg.out_dir) / "synthetic"), Path(cfg.out_dir) / "lmdb" / "iglue",
+                        cfg.langs, progress=cfg.progress)
+    overrides = [f"batch_size={cfg.batch_size}", f"optim.lr={cfg.lr:g}", f"seed={cfg.seed}",
+                 f"progress={str(cfg.progress).lower()}"]
+    return {p: run_iglue_tasks(model, stores, out / p, cfg.langs, protocol=p,
+                               epochs={task: cfg.iglue_epochs for task in TASKS},
+                               overrides=overrides, say=_say)
+            for p in cfg.iglue_protocols}
+
+
 def run_synthetic_recipe(cfg: MultilingualDemoConfig | None = None, **overrides) -> dict:
     """Run the whole recipe; returns (and writes) the results."""
     from x2core.eval.multilingual import evaluate_multilingual, load_model, multilingual_table
+    from x2core.recipes.iglue_tasks import iglue_table
     from x2core.plugin_manager import registry
 
     cfg = cfg or MultilingualDemoConfig()
     if overrides:
         cfg = from_dict(MultilingualDemoConfig, {**to_dict(cfg), **overrides})
+    unknown = [p for p in cfg.iglue_protocols if p not in IGLUE_PROTOCOLS]
+    if unknown:  # before any training, not after minutes of it
+        raise ConfigError(f"config field 'iglue_protocols' has {unknown}; known: {list(IGLUE_PROTOCOLS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -179,13 +215,13 @@ def run_synthetic_recipe(cfg: MultilingualDemoConfig | None = None, **overrides)
 
     t = time.perf_counter()
     ecfg = english_config(cfg, paths)
-    _say(f"[3/6] English pretraining: x2vlm-tiny (BERT WordPiece), {cfg.english_steps} steps, en captions")
+    _say(f"[3/7] English pretraining: x2vlm-tiny (BERT WordPiece), {cfg.english_steps} steps, en captions")
     english = _train(ecfg)
     times["english"] = time.perf_counter() - t
 
     t = time.perf_counter()
     swap_dir = out / "swapped"
-    _say(f"[4/6] swapping the text encoder for a random-init tiny XLM-R (spm on {'/'.join(cfg.langs)})")
+    _say(f"[4/7] swapping the text encoder for a random-init tiny XLM-R (spm on {'/'.join(cfg.langs)})")
     model, report = registry("adapters").build("xlmr-swap", english, paths["spm"], out=swap_dir,
                                                xlmr_config=cfg.xlmr_sizes, seed=cfg.seed)
     _say("      " + report.summary())
@@ -195,34 +231,43 @@ def run_synthetic_recipe(cfg: MultilingualDemoConfig | None = None, **overrides)
 
     t = time.perf_counter()
     mcfg = multilingual_config(cfg, paths, swap_dir)
-    _say(f"[5/6] multilingual training after the swap: {cfg.multilingual_steps} steps, "
+    _say(f"[5/7] multilingual training after the swap: {cfg.multilingual_steps} steps, "
          f"{'/'.join(cfg.langs)} captions{' + parallel text' if cfg.parallel_text else ''} (lr {cfg.ml_lr:g}, vision {cfg.ml_vision_lr:g}, "
          f"text {cfg.ml_text_lr:g}, fusion {cfg.ml_fusion_lr:g}, new x{cfg.lr_mult:g})")
     final_ckpt = _train(mcfg)
     times["multilingual"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _say("[6/6] per-language retrieval on the held-out scenes")
+    _say("[6/7] per-language retrieval on the held-out scenes")
     final = evaluate_multilingual(load_model(final_ckpt), store, langs=cfg.langs, max_tokens=24)
     times["eval"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    iglue = run_iglue(cfg, final_ckpt)
+    times["iglue"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     results = {"zero_shot_after_swap": zero, "after_multilingual_training": final,
                "swap": {k: v for k, v in report.to_dict().items()
                         if k not in ("kept", "dropped", "from_xlmr")} | {"num_kept": len(report.kept)},
                "wall_time_s": {k: round(v, 1) for k, v in times.items()},
                "threads": torch.get_num_threads(), "english_checkpoint": english,
-               "swapped_dir": str(swap_dir), "checkpoint": final_ckpt, "config": to_dict(cfg)}
+               "swapped_dir": str(swap_dir), "checkpoint": final_ckpt, "config": to_dict(cfg),
+               "iglue": iglue}
     stream = " with the parallel-text stream" if cfg.parallel_text else ""
     table = (multilingual_table(final, title=f"after the swap + {cfg.multilingual_steps} steps of "
                                                f"multilingual training{stream} (ITC top-16 + ITM rerank)")
              + "\n\n" + multilingual_table(zero, title="zero-shot right after the swap "
                                                        "(random-init XLM-R)"))
+    for protocol, per_task in iglue.items():
+        table += "\n\n" + iglue_table(per_task, title=f"IGLUE tasks, {IGLUE_PROTOCOLS[protocol]} "
+                                                         f"({cfg.iglue_epochs} epoch{'s' if cfg.iglue_epochs != 1 else ''} per task)")
     res_file, table_file = out / f"multilingual_results{_suffix(cfg)}.json", out / f"multilingual_table{_suffix(cfg)}.md"
     res_file.write_text(json.dumps(results, indent=2))
     table_file.write_text(table + "\n")
     _say("")
     _say(table)
     _say(f"\nwall time {times['total']:.0f}s (data {times['data']:.0f}s, English {times['english']:.0f}s, "
-         f"multilingual {times['multilingual']:.0f}s) on {results['threads']} threads")
+         f"multilingual {times['multilingual']:.0f}s, IGLUE {times['iglue']:.0f}s) "
+         f"on {results['threads']} threads")
     _say(f"wrote {res_file} and {table_file}")
     return results
