@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,9 +41,16 @@ def world(tmp_path_factory):
     from x2datasets.synthetic.iglue import write_iglue
 
     root = tmp_path_factory.mktemp("iglue")
-    generate(str(root / "syn"), seed=0, num_train=160, num_heldout=60)
+    g = generate(str(root / "syn"), seed=0, num_train=160, num_heldout=60)
     f = write_iglue(str(root / "syn"))
-    stores = {"files": f}
+    stores = {"files": f, "syn": str(root / "syn")}
+    # xFlickr&CO-style retrieval: captions of every language to train on, and one held-out
+    # store holding each scene's caption in en/de/zh (the `multilingual` format, LANG=FILE)
+    stores["it_train"] = str(root / "it_train")
+    pack("image-text", [g["pretrain_image_text"]], str(root / "syn"), stores["it_train"], progress=False)
+    stores["xflickrco_heldout"] = str(root / "xflickrco_heldout")
+    pack("multilingual", [f"{l}={g['heldout_retrieval' + ('' if l == 'en' else '_' + l)]}" for l in LANGS],
+         str(root / "syn"), stores["xflickrco_heldout"], progress=False)
     for task, fmt in FORMAT_OF.items():
         kw = {"image_ext": f["image_ext"], "translation_field": "translation"}
         if task == "xgqa":
@@ -156,6 +164,39 @@ def test_head_beats_baseline_per_language(trained, task):
     for lang in LANGS:
         m = res[lang]
         assert m["acc"] > max(m["majority_acc"], m["chance_acc"]) + 5, (task, lang, m)
+
+
+def test_retrieval_ranks_each_language_split_in_its_language(pm, world, tmp_path):
+    """xFlickr&CO / WIT: eval splits named by a language rank that language's texts of one
+    multilingual store, in `finetune` (the per-language table) and `x2vlm eval`; a language
+    the store lacks is one line."""
+    from x2core.data.packing import pack
+    from x2core.train.finetune import evaluate, load_finetune_config
+
+    store, run = world["xflickrco_heldout"], tmp_path / "all"
+    res = _finetune(pm, run, "retrieval",
+                    ["epochs=1", "head_options.k_test=4", "head_options.train_langs=[en,de,zh]"],
+                    train=world["it_train"], eval={lang: store for lang in LANGS})
+    assert set(res) >= set(LANGS)
+    assert json.loads((run / "languages.json").read_text())["rows"].keys() == set(LANGS)
+
+    # a store whose German side has two captions per image: the de split ranks 2N texts
+    syn = Path(world["syn"])
+    de = json.loads((syn / "heldout_retrieval_de.json").read_text(encoding="utf-8"))
+    two = tmp_path / "de_two.json"
+    two.write_text(json.dumps([{**r, "caption": r["caption"] + [r["caption"][0] + " ."]} for r in de]))
+    pack("multilingual", [f"en={syn / 'heldout_retrieval.json'}", f"de={two}"], str(syn),
+         str(tmp_path / "two"), progress=False)
+    cfg = load_finetune_config(None, ["head=retrieval", f"output_dir={tmp_path / 'ev'}", *FAST],
+                               base={"eval": {"en": str(tmp_path / "two"), "de": str(tmp_path / "two")}})
+    ev = evaluate(cfg, str(run), plugin_manager=pm)
+    assert ev["de"]["num_texts"] == 2 * ev["en"]["num_texts"] == 2 * ev["en"]["num_images"]
+
+    cfg = load_finetune_config(None, ["head=retrieval", f"output_dir={tmp_path / 'ev2'}", *FAST],
+                               base={"eval": {"fr": str(tmp_path / "two")}})
+    with pytest.raises(InputError, match=r"two has no 'fr' texts") as exc:
+        evaluate(cfg, str(run), plugin_manager=pm)
+    assert "\n" not in str(exc.value)
 
 
 @pytest.mark.parametrize("task", ["xvnli", "marvl", "xgqa"])

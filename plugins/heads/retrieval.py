@@ -36,7 +36,12 @@ def side_by_side(reranked: dict[str, float], itc: dict[str, float]) -> dict[str,
 @dataclass
 class RetrievalOptions:
     k_test: int = 128              # ITM rerank depth (reference: 256 COCO, 128 Flickr)
+    # the texts' language: trained on, and evaluated unless an eval split is named by a
+    # language (eval: {de: STORE} evaluates the German texts: IGLUE's xFlickr&CO / WIT)
     lang: str = "en"
+    # train on the texts of all these languages (a caption drawn from their union per
+    # step); empty: `lang` alone. IGLUE's zero-shot protocol trains on English only.
+    train_langs: tuple[str, ...] = ()
     max_tokens: int = 40
     max_words: int = 30
     crop_scale: tuple[float, float] = (0.5, 1.0)
@@ -47,6 +52,11 @@ class RetrievalOptions:
     save_topk: int = 10            # candidates per query written to predictions.json
 
 
+def fields_for_langs(visual: str, langs) -> tuple[str, ...]:
+    """What the field check asks of a store: texts in each training language."""
+    return (visual, *(f"texts.{lang}" for lang in langs))
+
+
 class RetrievalHead(HeadBase):
     name = "retrieval"
     # best.pt by the mean of R@1/5/10 both ways, as Retrieval.py picks by r_mean (on
@@ -54,14 +64,16 @@ class RetrievalHead(HeadBase):
     default_best_metric = "r_mean"
     # under DDP every rank reranks its share of the queries (retrieval_rank)
     shares_evaluation = True
+    evaluates_split_language = True
     Options = RetrievalOptions
     train_fields = ("image", "texts")
-    eval_fields = ("image", "texts")
+    eval_fields = ("image", "texts")  # the language is checked by evaluate (per split)
 
     def __init__(self, model, options=None):
         super().__init__(model, options)
         o = self.options
-        self.train_fields = self.eval_fields = ("image", f"texts.{o.lang}")
+        self.train_langs = tuple(o.train_langs) or (o.lang,)
+        self.train_fields = fields_for_langs("image", self.train_langs)
         self._text = text_processor(model, o.max_tokens, o.max_words)
 
     visual_key = "image"  # the batch key of the pixels; video retrieval uses "video"
@@ -72,12 +84,13 @@ class RetrievalHead(HeadBase):
                           scale=self.options.crop_scale)
 
     def build_dataset(self, store, *, train: bool) -> HeadData:
-        o, text = self.options, self._text
+        text, langs = self._text, self.train_langs
 
         def item(rec, i, rng: random.Random):
-            caps = pick_texts(rec, o.lang)
+            caps = [c for lang in langs for c in pick_texts(rec, lang)]
             if not caps:
-                raise InputError(f"retrieval: record {i} of {store.path} has no '{o.lang}' text")
+                raise InputError(f"{self.name}: record {i} of {store.path} has no "
+                                 f"{' or '.join(repr(l) for l in langs)} text")
             t = text(rng.choice(caps))
             return {self.visual_key: self.load_visual(rec, i, train=True, rng=rng),
                     "text_ids": t["text_ids"], "text_atts": t["text_atts"],
@@ -96,17 +109,24 @@ class RetrievalHead(HeadBase):
         return {"loss": o.itc_weight * itc + o.itm_weight * itm, "itc": itc.detach(), "itm": itm.detach()}
 
     @torch.no_grad()
-    def evaluate(self, store, *, batch_size: int = 64, progress: bool = False) -> EvalResult:
+    def evaluate(self, store, *, batch_size: int = 64, progress: bool = False,
+                 lang: str | None = None) -> EvalResult:
+        """``lang``: the texts to rank (the eval split's language); default ``options.lang``."""
         o = self.options
+        lang = lang or o.lang
         texts, img2txt, txt2img, image_ids = [], [], [], []
         for i in range(len(store)):
             with read_record(store, i) as rec:  # a malformed record: one line naming it
-                caps = list(pick_texts(rec, o.lang))
+                caps = list(pick_texts(rec, lang))
                 image_id = rec.get("image_id", i)
             img2txt.append(list(range(len(texts), len(texts) + len(caps))))
             txt2img.extend([i] * len(caps))
             texts.extend(caps)
             image_ids.append(image_id if isinstance(image_id, (int, str)) else i)
+        if not texts:
+            raise InputError(f"{self.name}: store {getattr(store, 'path', store)} has no '{lang}' "
+                             f"texts to evaluate (head_options.lang, or an eval split named by a "
+                             f"language the store holds)")
         rows = [self._text(t) for t in texts]
         ids = torch.tensor([r["text_ids"] for r in rows], dtype=torch.long)
         atts = torch.tensor([r["text_atts"] for r in rows], dtype=torch.long)

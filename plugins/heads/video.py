@@ -29,7 +29,7 @@ from x2core.train.heads import HeadBase, HeadData, StoreDataset, collate, image_
 from x2core.eval.metrics.classification import accuracy
 
 from .answers import answer_index, build_answer_mlp, top_answers
-from .retrieval import RetrievalHead, RetrievalOptions
+from .retrieval import RetrievalHead, RetrievalOptions, fields_for_langs
 
 VIDEO_FIELD = "video|frames"
 
@@ -66,7 +66,8 @@ class VideoRetrievalHead(RetrievalHead):
     def __init__(self, model, options=None):
         super().__init__(model, options)
         o = self.options
-        self.train_fields = self.eval_fields = (VIDEO_FIELD, f"texts.{o.lang}")
+        self.train_fields = fields_for_langs(VIDEO_FIELD, self.train_langs)
+        self.eval_fields = (VIDEO_FIELD, "texts")
         self._load = _video_loader(self, o.num_frames, o.frame_sampler, o.crop_scale)
 
     def load_visual(self, rec, i, *, train: bool, rng: random.Random | None = None) -> torch.Tensor:

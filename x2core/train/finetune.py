@@ -423,7 +423,7 @@ def _evaluate_all(state: TrainState, stores: dict, out_dir: Path, logger, pm, *,
     for split, store in stores.items():
         with torch.no_grad(), autocast_for(cfg.precision, device):
             res: EvalResult = head.evaluate(store, batch_size=cfg.eval_batch_size,
-                                            progress=cfg.progress)
+                                            progress=cfg.progress, **split_language(head, split))
         metrics = {k: float(v) for k, v in res.metrics.items()}
         out[split] = metrics
         if not state.dist.is_main:  # ranks that only helped (shares_evaluation)
@@ -438,6 +438,15 @@ def _evaluate_all(state: TrainState, stores: dict, out_dir: Path, logger, pm, *,
         write_language_table(out_dir, out, task=getattr(head, "name", cfg.head))
     head.train()
     return out
+
+
+def split_language(head, split: str) -> dict:
+    """``{"lang": code}`` when ``head`` evaluates in its split's language and the split is
+    named by one (``eval: {de: STORE}``), else ``{}`` (see HeadBase.evaluates_split_language)."""
+    from x2core.data.languages import normalize_lang
+
+    lang = normalize_lang(split) if getattr(head, "evaluates_split_language", False) else None
+    return {"lang": lang} if lang else {}
 
 
 def write_results(out_dir: Path, split: str, metrics: dict, predictions: list, *, multi: bool) -> None:

@@ -203,6 +203,11 @@ class HeadBase(nn.Module):
     # ranks_share_evaluation) and the head splits the work between them, returning the
     # full result on every rank; False: rank 0 evaluates while the others wait
     shares_evaluation: bool = False
+    # True: when an eval split is named by a language code (eval: {de: STORE}), `evaluate`
+    # gets that language as `lang=` (the retrieval heads: a record holds texts in several
+    # languages, and the IGLUE protocol evaluates each language on its own split); False:
+    # the head reads the language from its options or the records (xvnli, marvl, xgqa)
+    evaluates_split_language: bool = False
 
     def __init__(self, model: nn.Module, options: Mapping | None = None):
         super().__init__()
