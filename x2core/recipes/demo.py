@@ -64,8 +64,9 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def prepare_data(cfg: DemoConfig) -> dict[str, str]:
-    """Generate the synthetic files (once) and pack every split (resumable, idempotent)."""
+def prepare_data(cfg: DemoConfig, *, steps: int = 4) -> dict[str, str]:
+    """Generate the synthetic files (once) and pack every split (resumable, idempotent);
+    ``steps``: the calling recipe's step count, for its ``[1/N]`` progress lines."""
     from x2core.data.packing import pack
     from x2core.data.tokenizers import build_wordpiece_vocab
     from x2core.plugin_manager import registry
@@ -74,7 +75,7 @@ def prepare_data(cfg: DemoConfig) -> dict[str, str]:
     raw = out / "synthetic"
     marker = raw / "DONE"
     if not marker.exists():
-        _say(f"[1/4] generating {cfg.num_train} + {cfg.num_heldout} synthetic scenes -> {raw}")
+        _say(f"[1/{steps}] generating {cfg.num_train} + {cfg.num_heldout} synthetic scenes -> {raw}")
         registry("generators").build(
             "synthetic-world", str(raw), seed=cfg.seed, num_train=cfg.num_train,
             num_heldout=cfg.num_heldout, image_size=cfg.image_size, langs=tuple(cfg.langs),
@@ -82,7 +83,7 @@ def prepare_data(cfg: DemoConfig) -> dict[str, str]:
             num_heldout_videos=cfg.num_heldout_videos)
         marker.write_text("ok\n")
     else:
-        _say(f"[1/4] synthetic scenes already in {raw}")
+        _say(f"[1/{steps}] synthetic scenes already in {raw}")
 
     stores = out / "lmdb"
     jobs = {
@@ -97,7 +98,7 @@ def prepare_data(cfg: DemoConfig) -> dict[str, str]:
         jobs["videos"] = ("video-text", raw / "pretrain_video_text.jsonl")
         jobs["heldout_video_retrieval"] = ("video-text", raw / "heldout_video_retrieval.json")
     paths = {}
-    _say(f"[2/4] packing {len(jobs)} splits to LMDB -> {stores}")
+    _say(f"[2/{steps}] packing {len(jobs)} splits to LMDB -> {stores}")
     for name, (fmt, ann) in jobs.items():
         extra = {"lang": lang_of(name)} if fmt == "retrieval" else {}
         pack(fmt, [str(ann)], str(raw), str(stores / name), progress=cfg.progress, **extra)

@@ -84,7 +84,7 @@ def prepare(cfg: MultilingualDemoConfig) -> dict[str, str]:
     from x2core.data.packing import pack
     from x2core.data.tokenizers import train_sentencepiece
 
-    paths = prepare_data(_demo_config(cfg))
+    paths = prepare_data(_demo_config(cfg), steps=7)
     raw = Path(cfg.out_dir) / "synthetic"
     anns = [f"{lang}={raw / ('heldout_retrieval.json' if lang == 'en' else f'heldout_retrieval_{lang}.json')}"
             for lang in cfg.langs]
