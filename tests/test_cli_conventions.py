@@ -185,3 +185,28 @@ def test_eval_and_resume_take_recipe_names(capsys):
     # `--resume NAME` (flag first): argparse gives the name to --resume; it is the config
     rc, out, _ = _exit_code(capsys, ["finetune", "--resume", "vqa2_base", "--print-config"])
     assert rc == 0 and json.loads(out)["head"] == "vqa"
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_dotted_demo_override_changes_one_entry_of_a_dict_default(quick):
+    """`x2vlm demo model_overrides.loss.itm_uniform_negatives=0.0` (the README's A/B) keeps
+    the demo's other model overrides (8-px patches, sine-cosine positions, no dropout): it
+    used to replace the whole dict, so the A/B also changed the architecture."""
+    import argparse
+
+    from x2core.cli.demo import QUICK, config_from_args
+    from x2core.cli.multilingual_demo import QUICK as ML_QUICK
+    from x2core.recipes.demo import DemoConfig
+    from x2core.recipes.multilingual_demo import MultilingualDemoConfig
+
+    args = argparse.Namespace(quick=quick, out=None, no_progress=False,
+                              overrides=["model_overrides.loss.itm_uniform_negatives=0.0"])
+    got = config_from_args(DemoConfig, args, QUICK).model_overrides
+    want = DemoConfig().model_overrides
+    want["loss"]["itm_uniform_negatives"] = 0.0
+    assert got == want
+    if quick:
+        assert config_from_args(DemoConfig, args, QUICK).steps == QUICK["steps"]
+    args.overrides = ["xlmr_sizes.num_layers=3"]
+    sizes = config_from_args(MultilingualDemoConfig, args, ML_QUICK).xlmr_sizes
+    assert sizes == {**MultilingualDemoConfig().xlmr_sizes, "num_layers": 3}

@@ -19,10 +19,14 @@ QUICK = {"num_train": 300, "num_heldout": 40, "steps": 40, "batch_size": 16, "re
 
 def config_from_args(cls, args, quick: dict):
     """A demo's config dataclass from ``--quick``, ``--out``, ``--no-progress`` and
-    ``key=value`` overrides (the overrides win)."""
-    from x2core.config import apply_overrides, from_dict
+    ``key=value`` overrides (the overrides win).
 
-    data = dict(quick) if args.quick else {}
+    The overrides apply on top of the dataclass's defaults, so a dotted key changes one entry
+    of a dict-valued default (``model_overrides.loss.itm_uniform_negatives=0.0`` keeps the
+    demo's patch size, positions and dropout) instead of replacing the whole dict."""
+    from x2core.config import apply_overrides, from_dict, merge, to_dict
+
+    data = merge(to_dict(cls()), quick) if args.quick else to_dict(cls())
     if args.out:
         data["out_dir"] = args.out
     if args.no_progress:
