@@ -193,8 +193,11 @@ def test_killed_sharded_pack_resumes_to_the_same_shards(packed, raw, tmp_path, j
         os.kill(p, 9)
     assert not orphans, "pack workers outlived the killed pack process"
     from x2core.data.store import UnfinishedStoreError, LmdbReader
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("shard-")) == ["shard-00000",
-                                                                                 "shard-00001"]
+    started = sorted(p.name for p in out.iterdir() if p.name.startswith("shard-"))
+    if jobs == 2:  # a worker may finish its shard and start the next before the kill lands
+        assert started[:2] == ["shard-00000", "shard-00001"], started
+    else:
+        assert started == ["shard-00000", "shard-00001"], started
     if jobs == 1:
         assert len(LmdbReader(out / "shard-00000")) == 5
         with pytest.raises(UnfinishedStoreError):
