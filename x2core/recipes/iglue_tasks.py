@@ -22,6 +22,9 @@ from typing import Callable, Sequence
 TASKS = ("xvnli", "marvl", "xgqa")
 # The task each one continues from (None: the multilingual model itself).
 CONTINUES_FROM = {"xvnli": None, "marvl": "xvnli", "xgqa": None}
+# protocol -> (the train store it uses, its description)
+PROTOCOLS = {"zero-shot": ("en", "zero-shot cross-lingual (fine-tuned on English only)"),
+             "all": ("all", "fine-tuned on every language")}
 
 
 def pack_iglue(raw_dir: str, out_dir: Path, langs: Sequence[str], *, progress: bool = True
@@ -48,24 +51,25 @@ def pack_iglue(raw_dir: str, out_dir: Path, langs: Sequence[str], *, progress: b
 
 
 def run_iglue_tasks(init_from: str, stores: dict[str, str], out_dir: Path, langs: Sequence[str], *,
-                    protocol: str = "zero-shot", epochs: dict[str, int], overrides: Sequence[str] = (),
+                    protocol: str = "zero-shot", epochs: int, overrides: Sequence[str] = (),
                     say: Callable[[str], None] = print) -> dict[str, dict[str, dict[str, float]]]:
     """Fine-tune and evaluate every task; ``{task: {lang: metrics}}``. Each run writes its
     ``languages.json`` / ``languages.md`` in ``out_dir/<task>``."""
     from x2core.train.config import load_finetune_config
     from x2core.train.finetune import finetune
 
-    train_langs = ["en"] if protocol == "zero-shot" else list(langs)
+    train_split = PROTOCOLS[protocol][0]
+    train_langs = ["en"] if train_split == "en" else list(langs)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for task in TASKS:
         start = init_from if CONTINUES_FROM[task] is None else str(out_dir / CONTINUES_FROM[task])
-        train = stores[f"{task}_train_{'en' if protocol == 'zero-shot' else 'all'}"]
+        train = stores[f"{task}_train_{train_split}"]
         origin = CONTINUES_FROM[task] or "multilingual"
-        n = epochs[task]
+        n = epochs
         say(f"      {task}: {n} epoch{'s' if n != 1 else ''} on {'/'.join(train_langs)}, "
             f"from the {origin} model")
         cfg = load_finetune_config(None, [f"head={task}", f"output_dir={out_dir / task}",
-                                          f"init_from={start}", f"epochs={epochs[task]}", *overrides],
+                                          f"init_from={start}", f"epochs={epochs}", *overrides],
                                    base={"train": train,
                                          "eval": {lang: stores[f"{task}_heldout_{lang}"] for lang in langs}})
         results[task] = {lang: dict(m) for lang, m in finetune(cfg).items() if lang in langs}

@@ -169,26 +169,22 @@ def _train(tcfg) -> str:
     return str(latest_checkpoint(ckpts))
 
 
-IGLUE_PROTOCOLS = {"zero-shot": "zero-shot cross-lingual (fine-tuned on English only)",
-                   "all": "fine-tuned on every language"}
-
-
 def run_iglue(cfg: MultilingualDemoConfig, model: str) -> dict:
     """Step 7: ``{protocol: {task: {lang: metrics}}}`` (each protocol's runs in
     ``out_dir/iglue[_parallel]/<protocol>/<task>``, resumable only by re-running)."""
-    from x2core.recipes.iglue_tasks import pack_iglue, run_iglue_tasks, TASKS
+    from x2core.recipes.iglue_tasks import PROTOCOLS, TASKS, pack_iglue, run_iglue_tasks
 
     if not cfg.iglue_protocols:
         return {}
     out = Path(cfg.out_dir) / f"iglue{_suffix(cfg)}"
     _say(f"[7/7] IGLUE tasks ({', '.join(TASKS)}) from the multilingual model: "
-         + "; ".join(IGLUE_PROTOCOLS[p] for p in cfg.iglue_protocols))
+         + "; ".join(PROTOCOLS[p][1] for p in cfg.iglue_protocols))
     stores = pack_iglue(str(Path(cfg.out_dir) / "synthetic"), Path(cfg.out_dir) / "lmdb" / "iglue",
                         cfg.langs, progress=cfg.progress)
     overrides = [f"batch_size={cfg.batch_size}", f"optim.lr={cfg.lr:g}", f"seed={cfg.seed}",
                  f"progress={str(cfg.progress).lower()}"]
     return {p: run_iglue_tasks(model, stores, out / p, cfg.langs, protocol=p,
-                               epochs={task: cfg.iglue_epochs for task in TASKS},
+                               epochs=cfg.iglue_epochs,
                                overrides=overrides, say=_say)
             for p in cfg.iglue_protocols}
 
@@ -196,15 +192,15 @@ def run_iglue(cfg: MultilingualDemoConfig, model: str) -> dict:
 def run_synthetic_recipe(cfg: MultilingualDemoConfig | None = None, **overrides) -> dict:
     """Run the whole recipe; returns (and writes) the results."""
     from x2core.eval.multilingual import evaluate_multilingual, load_model, multilingual_table
-    from x2core.recipes.iglue_tasks import iglue_table
+    from x2core.recipes.iglue_tasks import PROTOCOLS, iglue_table
     from x2core.plugin_manager import registry
 
     cfg = cfg or MultilingualDemoConfig()
     if overrides:
         cfg = from_dict(MultilingualDemoConfig, {**to_dict(cfg), **overrides})
-    unknown = [p for p in cfg.iglue_protocols if p not in IGLUE_PROTOCOLS]
+    unknown = [p for p in cfg.iglue_protocols if p not in PROTOCOLS]
     if unknown:  # before any training, not after minutes of it
-        raise ConfigError(f"config field 'iglue_protocols' has {unknown}; known: {list(IGLUE_PROTOCOLS)}")
+        raise ConfigError(f"config field 'iglue_protocols' has {unknown}; known: {list(PROTOCOLS)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -259,7 +255,7 @@ def run_synthetic_recipe(cfg: MultilingualDemoConfig | None = None, **overrides)
              + "\n\n" + multilingual_table(zero, title="zero-shot right after the swap "
                                                        "(random-init XLM-R)"))
     for protocol, per_task in iglue.items():
-        table += "\n\n" + iglue_table(per_task, title=f"IGLUE tasks, {IGLUE_PROTOCOLS[protocol]} "
+        table += "\n\n" + iglue_table(per_task, title=f"IGLUE tasks, {PROTOCOLS[protocol][1]} "
                                                          f"({cfg.iglue_epochs} epoch{'s' if cfg.iglue_epochs != 1 else ''} per task)")
     res_file, table_file = out / f"multilingual_results{_suffix(cfg)}.json", out / f"multilingual_table{_suffix(cfg)}.md"
     res_file.write_text(json.dumps(results, indent=2))
