@@ -65,8 +65,7 @@ def run_iglue_tasks(init_from: str, stores: dict[str, str], out_dir: Path, langs
         start = init_from if CONTINUES_FROM[task] is None else str(out_dir / CONTINUES_FROM[task])
         train = stores[f"{task}_train_{train_split}"]
         origin = CONTINUES_FROM[task] or "multilingual"
-        n = epochs
-        say(f"      {task}: {n} epoch{'s' if n != 1 else ''} on {'/'.join(train_langs)}, "
+        say(f"      {task}: {epochs} epoch{'s' if epochs != 1 else ''} on {'/'.join(train_langs)}, "
             f"from the {origin} model")
         cfg = load_finetune_config(None, [f"head={task}", f"output_dir={out_dir / task}",
                                           f"init_from={start}", f"epochs={epochs}", *overrides],
