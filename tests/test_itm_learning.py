@@ -106,7 +106,7 @@ def test_the_model_passes_its_config_to_the_sampler(monkeypatch):
              **model.tokenize(["a red circle", "a blue square", "a green triangle"], max_tokens=8)}
     model(batch)
     assert seen == [0.3]
-    assert DemoConfig().model_overrides["loss"] == {"itm_uniform_negatives": 0.5}
+    assert DemoConfig().model_overrides["loss"]["itm_uniform_negatives"] == 0.5
 
 
 def test_constant_prediction_level_is_what_a_blind_head_scores():

@@ -47,13 +47,15 @@ def _collate_text(rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
 
 def collate_image_text(items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
     """Samples of :class:`ImageTextDataset` -> ``image (B, 3, R, R)`` (or ``video
-    (B, T, 3, R, R)``), text fields ``(B, L)`` / ``(B, M)`` long, ``idx (B,)`` long."""
+    (B, T, 3, R, R)``), text fields ``(B, L)`` / ``(B, M)`` long, ``idx (B,)`` long and,
+    when the samples carry one, ``text_group (B,)`` long (their records' caption ids)."""
     if not items:
         raise InputError("cannot collate an empty batch")
     out = _collate_visual(items)
     out.update(_collate_text(items))
-    if "idx" in items[0]:
-        out["idx"] = torch.tensor([int(it["idx"]) for it in items], dtype=torch.long)
+    for key in ("idx", "text_group"):
+        if all(key in it for it in items):
+            out[key] = torch.tensor([int(it[key]) for it in items], dtype=torch.long)
     return out
 
 
@@ -69,13 +71,15 @@ def collate_regions(items: Sequence[Mapping], batch_size: int | None = None,
 
     Returns ``image (B_img, 3, R, R)`` (or ``video``), ``idx_to_group_img (R,)``, text
     fields ``(R, L)``, ``image_atts (R, 1+N)`` long, ``target_bbox (R, 4)`` float,
-    ``is_image (R,)`` long, where R is the number of rows of all samples.
+    ``is_image (R,)`` long, ``text_group (R,)`` long when the rows carry one, where R is
+    the number of rows of all samples.
 
     With ``batch_size`` the rows are brought to exactly that many, as the reference
     collate does: a random subset when there are more (in random order), otherwise all
     rows plus rows re-sampled from them (without replacement while possible). Padding
     duplicates rows, which the contrastive loss then treats as negatives of each other,
-    as in the reference: size ``batch_size`` so that it is rare. ``rng`` defaults to a
+    as in the reference (unless ``loss.caption_groups``: a duplicate shares its row's
+    ``text_group``): size ``batch_size`` so that it is rare. ``rng`` defaults to a
     generator seeded by the batch's sample keys, so the choice is reproducible.
     """
     if not items:
@@ -104,4 +108,6 @@ def collate_regions(items: Sequence[Mapping], batch_size: int | None = None,
     out["image_atts"] = _stack([r["image_atts"] for r in rows], torch.long)
     out["target_bbox"] = torch.tensor([r["target_bbox"] for r in rows], dtype=torch.float32)
     out["is_image"] = torch.tensor([int(r["is_image"]) for r in rows], dtype=torch.long)
+    if all("text_group" in r for r in rows):
+        out["text_group"] = torch.tensor([int(r["text_group"]) for r in rows], dtype=torch.long)
     return out

@@ -14,6 +14,8 @@ samplers (:mod:`x2core.data.mixing`) hand the datasets ``(epoch, index)`` keys.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 from contextlib import contextmanager
@@ -102,6 +104,18 @@ def _encode_text(text: TextProcessor, caption: str, rng: random.Random, ctx: _Re
         return text(caption, rng=rng)
     except InputError as exc:
         raise ctx.error(field, str(exc)) from exc
+
+
+def caption_group(texts) -> int:
+    """A stable int64 id of a record's captions (every language, every caption): rows whose
+    records carry the same captions describe the same thing, so they are positives of
+    each other for ITC and never each other's ITM negatives (``LossConfig.caption_groups``).
+    Language-independent on purpose: "a red circle" of one image and "ein roter Kreis" of
+    another both match either image. A blake2b digest, not ``hash()``: equal in every
+    process and every run."""
+    digest = hashlib.blake2b(json.dumps(texts, sort_keys=True, ensure_ascii=False).encode("utf-8"),
+                             digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 def _choose_caption(texts: Mapping | None, langs: Sequence[str] | None, rng: random.Random,
@@ -225,6 +239,7 @@ class ImageTextDataset(StoreRecords):
         out = _encode_text(self.text, caption, rng, ctx)
         out["image"] = image
         out["idx"] = index
+        out["text_group"] = caption_group(rec.get("texts"))
         out["key"] = (self.seed, epoch, index)
         return out
 
@@ -278,14 +293,18 @@ class RegionTextDataset(StoreRecords):
         self.jpeg_draft = bool(jpeg_draft)
         self.crop = bool(crop)
 
-    def _caption(self, region: Mapping, rng: random.Random, ctx: _RecordContext, field: str) -> str:
+    def _caption(self, region: Mapping, rng: random.Random, ctx: _RecordContext, field: str
+                 ) -> tuple[str, int]:
+        """The row's caption (an attribute, when the region has some, in front) and its
+        :func:`caption_group`, which counts the attribute chosen."""
         caption = _choose_caption(region.get("texts"), self.langs, rng, ctx, field)
         ctx.field = field.replace(".texts", ".attributes")
         attrs = region.get("attributes")
+        attr = None
         if attrs:
             attr = attrs if isinstance(attrs, str) else attrs[rng.randrange(len(attrs))]
             caption = f"{attr} {caption}"
-        return caption
+        return caption, caption_group([region.get("texts"), attr])
 
     def _item(self, rec: Mapping, ctx: _RecordContext, epoch: int, index: int) -> dict:
         rng = sample_rng(self.seed, epoch, index)
@@ -337,6 +356,7 @@ class RegionTextDataset(StoreRecords):
         if self.use_whole_image_caption and _has_caption(rec.get("texts"), self.langs):
             caption = _choose_caption(rec.get("texts"), self.langs, rng, ctx, "texts")
             row = _encode_text(self.text, caption, rng, ctx, "texts")
+            row["text_group"] = caption_group(rec.get("texts"))
             n = (self.image_res // self.patch_size) ** 2
             row.update(image_atts=torch.ones(1 + n, dtype=torch.long),
                        target_bbox=[0.5, 0.5, 1.0, 1.0], is_image=1)
@@ -351,7 +371,9 @@ class RegionTextDataset(StoreRecords):
             if kept[i] is None:
                 continue
             field = f"regions[{i}].texts"
-            row = _encode_text(self.text, self._caption(regions[i], rng, ctx, field), rng, ctx, field)
+            caption, group = self._caption(regions[i], rng, ctx, field)
+            row = _encode_text(self.text, caption, rng, ctx, field)
+            row["text_group"] = group
             row["target_bbox"] = box_to_target(kept[i], self.image_res)
             row["is_image"] = 0
             picked.append(row)

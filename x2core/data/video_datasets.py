@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from x2core.data.collate import collate_image_text
-from x2core.data.datasets import (StoreRecords, _RecordContext, _choose_caption, _encode_text,
+from x2core.data.datasets import (StoreRecords, _RecordContext, _choose_caption, caption_group, _encode_text,
                                   _open_store)
 from x2core.data.seeding import sample_rng
 from x2core.errors import ConfigError, did_you_mean
@@ -148,6 +148,7 @@ class VideoTextDataset(StoreRecords):
         out = _encode_text(self.text, caption, rng, ctx)
         out["video"] = video
         out["idx"] = index
+        out["text_group"] = caption_group(rec.get("texts"))
         out["key"] = (self.seed, epoch, index)
         return out
 

@@ -2,8 +2,9 @@
 
 Ranking follows the reference (facts §5): candidates are ranked by ITC similarity,
 computed in chunks so a 5k x 25k evaluation never holds the full matrix; each query's
-top ``k`` are then re-scored by the ITM head's match logit. The metrics themselves live
-in :mod:`x2core.eval.metrics`.
+top ``k`` are then re-scored by the ITM head's match logit (plus the ITC logit, for
+models whose ``config.rerank`` is ``"itm+itc"``). The metrics themselves live in
+:mod:`x2core.eval.metrics`.
 """
 from __future__ import annotations
 
@@ -98,6 +99,12 @@ def rerank_itm(model, img_embeds, txt_embeds, txt_atts, query_is_image: bool, ca
     return scores.view(n, k)
 
 
+def rerank_rule(model) -> str:
+    """The model's ``config.rerank``: ``"itm"`` (the reference: the match logit alone) or
+    ``"itm+itc"`` (match logit + ITC logit ``sim / temp``)."""
+    return getattr(getattr(model, "config", None), "rerank", "itm")
+
+
 _SHARED: list = []   # the process groups of the enclosing ranks_share_evaluation blocks
 
 
@@ -134,7 +141,8 @@ def retrieval_rank(model, images_iter, texts_ids: torch.Tensor, texts_atts: torc
     """Encode, ITC top-k in chunks, ITM rerank. ``images_iter`` yields ``(B, 3, H, W)`` image
     batches or ``(B, F, 3, H, W)`` video batches.
 
-    Returns ranked candidate lists: ``i2t``/``t2i`` (ITM-reranked, best first) and
+    Returns ranked candidate lists: ``i2t``/``t2i`` (reranked by the model's
+    ``config.rerank`` rule, :func:`rerank_rule`; best first) and
     ``i2t_itc``/``t2i_itc`` (ITC order, at least 10 deep), for
     :func:`x2core.eval.metrics.retrieval.recall_from_topk`. Within
     :func:`ranks_share_evaluation` the rerank is split across the ranks (contiguous
@@ -158,13 +166,18 @@ def retrieval_rank(model, images_iter, texts_ids: torch.Tensor, texts_atts: torc
     txt_embeds, txt_feats = torch.cat(txt_embeds), torch.cat(txt_feats)
     txt_atts = texts_atts.to(device)
     depth = max(k_test, 10)
-    _, i2t_itc = chunked_topk(img_feats, txt_feats, depth, chunk_size)
-    _, t2i_itc = chunked_topk(txt_feats, img_feats, depth, chunk_size)
+    i2t_sim, i2t_itc = chunked_topk(img_feats, txt_feats, depth, chunk_size)
+    t2i_sim, t2i_itc = chunked_topk(txt_feats, img_feats, depth, chunk_size)
     out = {"i2t_itc": i2t_itc.cpu(), "t2i_itc": t2i_itc.cpu()}
-    for name, cand, is_img in (("i2t", i2t_itc[:, :k_test], True), ("t2i", t2i_itc[:, :k_test], False)):
+    add_itc = rerank_rule(model) == "itm+itc"
+    temp = model.temperature().float() if add_itc else None
+    for name, cand, sim, is_img in (("i2t", i2t_itc[:, :k_test], i2t_sim[:, :k_test], True),
+                                    ("t2i", t2i_itc[:, :k_test], t2i_sim[:, :k_test], False)):
         lo, hi, group = _query_block(cand.shape[0])
         scores = rerank_itm(model, img_embeds, txt_embeds, txt_atts, is_img, cand[lo:hi],
                             itm_batch_size, progress, first_query=lo, kv_cache=kv_cache)
+        if add_itc:
+            scores = scores + sim[lo:hi] / temp
         if group is not False:
             from x2core.train.distributed import all_gather_rows
             scores = all_gather_rows(scores, group)

@@ -121,12 +121,26 @@ class LossConfig:
     # choice, so it is one setting away (recipes that mean to copy the reference set it).
     # (A bad value is refused by from_dict's Literal check, naming the field.)
     itm_negatives: Literal["reference", "exclude_same_image"] = "exclude_same_image"
+    # Rows whose records carry the same captions (``text_group``) are ITC positives of each
+    # other and never ITM negatives. Not in the reference, whose pretraining treats them as
+    # negatives: on web data they are rare; where captions repeat (the synthetic world has
+    # 743 distinct ones for 3000 scenes, so 23 % of a 48-row batch shares its caption with
+    # another row) the hard-negative sampler draws exactly those rows, and ITM learns to
+    # call true matches false.
+    caption_groups: bool = False
+    # 0: the reference's matching loss (one hard negative per text and per image, binary
+    # cross-entropy). k > 0: k negatives each, and a listwise loss over each query's
+    # positive and its k negatives besides (x2core.model.X2VLM._itm_loss_listwise).
+    itm_listwise_negatives: int = 0
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
         if not 0.0 <= self.itm_uniform_negatives <= 1.0:
             raise ConfigError(f"config field '{p}itm_uniform_negatives' must lie in [0, 1], "
                               f"got {self.itm_uniform_negatives}")
+        if self.itm_listwise_negatives < 0:
+            raise ConfigError(f"config field '{p}itm_listwise_negatives' must be >= 0 (0: the "
+                              f"reference's loss), got {self.itm_listwise_negatives}")
 
 
 @dataclass
@@ -192,6 +206,12 @@ class ModelConfig:
     temp: float = 0.07               # initial ITC temperature
     temp_min: float = 0.001
     temp_max: float = 0.5
+    # How retrieval reranks ITC's top k (x2core.eval.ranking.retrieval_rank). "itm": by the
+    # match logit alone (the reference). "itm+itc": by the match logit plus ITC's logit
+    # sim / temp, two scores on one log scale (BLIP adds ITC similarity the same way); for
+    # a head trained with loss.itm_listwise_negatives, whose match logit is itself a
+    # ranking score. Stored with the model, so every command ranks as it was meant to.
+    rerank: Literal["itm", "itm+itc"] = "itm"
     video: VideoConfig = field(default_factory=VideoConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 

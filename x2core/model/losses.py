@@ -63,8 +63,19 @@ def gather_ids(ids: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def same_rows(n: int, device, *ids: torch.Tensor | None) -> torch.Tensor:
+    """``(n, n)`` bool: the diagonal, and every pair of rows equal in any of the given
+    ``(n,)`` id vectors (``None`` ones are skipped)."""
+    same = torch.eye(n, dtype=torch.bool, device=device)
+    for v in ids:
+        if v is not None:
+            v = v.reshape(-1)
+            same |= v.view(-1, 1) == v.view(1, -1)
+    return same
+
+
 def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
-             idx: torch.Tensor | None = None) -> torch.Tensor:
+             idx: torch.Tensor | None = None, text_group: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE over the batch of every rank.
 
     Args:
@@ -72,15 +83,18 @@ def itc_loss(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tens
         temp: scalar temperature (already clamped).
         idx: optional ``(B,)`` ids; rows with equal ids are all positives (retrieval
             fine-tuning, where one image has several captions).
+        text_group: optional ``(B,)`` caption ids
+            (:func:`x2core.data.datasets.caption_group`); rows with equal ones are
+            positives too: two images with the same caption both match it.
     """
     image_all = gather_with_grad(image_feat)
     text_all = gather_with_grad(text_feat)
     logits = image_all @ text_all.t() / temp
-    if idx is None:
+    if idx is None and text_group is None:
         labels = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-    idx_all = gather_ids(idx)
-    pos = (idx_all.view(-1, 1) == idx_all.view(1, -1)).to(logits.dtype)
+    pos = same_rows(logits.shape[0], logits.device, *(None if v is None else gather_ids(v)
+                                                      for v in (idx, text_group))).to(logits.dtype)
     targets = pos / pos.sum(1, keepdim=True)
     loss_i2t = -(F.log_softmax(logits, 1) * targets).sum(1).mean()
     loss_t2i = -(F.log_softmax(logits.t(), 1) * targets).sum(1).mean()
@@ -111,13 +125,14 @@ def itm_negative_groups(idx: torch.Tensor | None, idx_to_group_img: torch.Tensor
 
 
 def hard_negative_weights(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
-                          idx: torch.Tensor | None = None, uniform_mix: float = 0.0
+                          idx: torch.Tensor | None = None, uniform_mix: float = 0.0,
+                          text_group: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """The unnormalised sampling weights of :func:`sample_hard_negatives`.
 
     ``softmax(sim / temp) + 1e-5`` over the local batch (the reference), with the
-    positive pair (and every row sharing its ``idx``, see :func:`itm_negative_groups`)
-    set to zero. ``uniform_mix`` (not in the reference; 0 reproduces it exactly) uses
+    positive pair (and every row sharing its ``idx``, see :func:`itm_negative_groups`,
+    or its ``text_group``, see :func:`itc_loss`) set to zero. ``uniform_mix`` (not in the reference; 0 reproduces it exactly) uses
     ``(1 - uniform_mix) * softmax(sim / temp) + uniform_mix / B + 1e-5`` instead: that
     share of the negatives is an ordinary in-batch row rather than ITC's nearest one.
 
@@ -141,15 +156,15 @@ def hard_negative_weights(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
             w_i2t = (1 - uniform_mix) * w_i2t + uniform_mix / n
             w_t2i = (1 - uniform_mix) * w_t2i + uniform_mix / n
         w_i2t, w_t2i = w_i2t + 1e-5, w_t2i + 1e-5
-        same = (torch.eye(n, dtype=torch.bool, device=sim.device) if idx is None
-                else idx.view(-1, 1) == idx.view(1, -1))
+        same = same_rows(n, sim.device, idx, text_group)
         w_i2t.masked_fill_(same, 0)
         w_t2i.masked_fill_(same, 0)
         return w_t2i, w_i2t
 
 
 def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
-                          idx: torch.Tensor | None = None, uniform_mix: float = 0.0
+                          idx: torch.Tensor | None = None, uniform_mix: float = 0.0,
+                          text_group: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each text an image, and for each image a text, that is a hard negative.
 
@@ -164,7 +179,7 @@ def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
         no negative exists (a batch of one image).
     """
     with torch.no_grad():
-        w_t2i, w_i2t = hard_negative_weights(image_feat, text_feat, temp, idx, uniform_mix)
+        w_t2i, w_i2t = hard_negative_weights(image_feat, text_feat, temp, idx, uniform_mix, text_group)
         valid_t = w_t2i.sum(1) > 0
         valid_i = w_i2t.sum(1) > 0
         # multinomial refuses all-zero rows; give them a dummy weight and mark them -1.
@@ -174,6 +189,25 @@ def sample_hard_negatives(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
         neg_img = torch.multinomial(w_t2i, 1).squeeze(1)
         neg_txt = torch.multinomial(w_i2t, 1).squeeze(1)
         return torch.where(valid_t, neg_img, -1), torch.where(valid_i, neg_txt, -1)
+
+
+def sample_hard_negatives_k(image_feat: torch.Tensor, text_feat: torch.Tensor, temp: torch.Tensor,
+                            k: int, idx: torch.Tensor | None = None, uniform_mix: float = 0.0,
+                            text_group: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` distinct negatives per text and per image, drawn without replacement from the
+    weights of :func:`hard_negative_weights` (Gumbel top-k: exact sampling without
+    replacement, static shapes). Returns ``(neg_images (B, k), neg_texts (B, k))``; -1
+    where a row has fewer than ``k`` rows it may draw."""
+    with torch.no_grad():
+        w_t2i, w_i2t = hard_negative_weights(image_feat, text_feat, temp, idx, uniform_mix, text_group)
+        k = max(1, min(int(k), w_t2i.shape[1]))
+        out = []
+        for w in (w_t2i, w_i2t):
+            keys = w.log() - torch.rand_like(w).clamp(min=1e-20).log().neg().log()
+            pick = keys.topk(k, dim=1).indices
+            out.append(torch.where(w.gather(1, pick) > 0, pick, -1))
+        return out[0], out[1]
 
 
 def itm_constant_loss(negatives_per_positive: int = 2) -> float:

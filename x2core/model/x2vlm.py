@@ -13,6 +13,8 @@ Tensor names used throughout (shapes):
     image_atts   (B, 1 + N) 0/1          region rows: CLS + in-box patches
     target_bbox  (B, 4)                  region rows: (cx, cy, w, h) / image size
     is_image     (B,)                    region rows: 1 for whole-image captions
+    idx          (B,) long               rows with equal ids are one image's (ITC positives)
+    text_group   (B,) long               the row's caption id (loss.caption_groups)
     text_ids_2, text_atts_2 (B, L)       parallel-text rows: the other sentence of each pair
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from x2core.model.boxes import pool_regions
 from x2core.errors import InputError
 from x2core.model.fusion import FusionEncoder
 from x2core.model.losses import (bbox_losses, itc_loss, itm_negative_groups, mlm_loss,
-                                 sample_hard_negatives)
+                                 sample_hard_negatives, sample_hard_negatives_k)
 from x2core.model.config import ModelConfig
 from x2core.model.video import VideoPooling
 
@@ -39,6 +41,9 @@ def build_mlp(in_dim: int, out_dim: int) -> nn.Sequential:
     """
     return nn.Sequential(nn.Linear(in_dim, 2 * in_dim), nn.LayerNorm(2 * in_dim),
                          nn.GELU(), nn.Linear(2 * in_dim, out_dim))
+
+
+LOSS_WEIGHT = {"itm_rank": "itm"}  # losses weighted by another loss's config.loss weight
 
 
 class X2VLM(nn.Module):
@@ -225,12 +230,16 @@ class X2VLM(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor], *, itm: bool = True) -> dict[str, torch.Tensor]:
         """Pretraining losses for an image, a region or a video batch.
 
-        Returns a dict of scalar losses: ``itc``, ``itm``, ``mlm`` and, for region
+        Returns a dict of scalar losses: ``itc``, ``itm`` (and ``itm_rank``, weighted like
+        it, with ``config.loss.itm_listwise_negatives``), ``mlm`` and, for region
         batches with ``target_bbox``, ``bbox`` and ``giou``; plus ``loss``, their
         weighted sum (weights from ``config.loss``). ``itm=False`` leaves the matching
         loss out, its fusion forward included (the reference's ``ret_match_loss=False``:
         after ``stop_calc_itm`` steps, and on noisy batches that have clean aux data).
-        ITM negatives of region rows follow ``config.loss.itm_negatives``.
+        ITM negatives of region rows follow ``config.loss.itm_negatives``; with
+        ``config.loss.caption_groups`` the batch's ``text_group`` (equal for rows whose
+        records carry the same captions) makes such rows ITC positives of each other and
+        keeps them out of each other's ITM negatives.
         A batch with ``text_ids_2`` is a parallel-text batch: see :meth:`text_pair_losses`.
         """
         if "text_ids_2" in batch:
@@ -255,19 +264,21 @@ class X2VLM(nn.Module):
         temp = self.temperature()
         weights = self.config.loss
         losses: dict[str, torch.Tensor] = {}
+        text_group = batch.get("text_group") if weights.caption_groups else None
         if weights.itc:
-            losses["itc"] = itc_loss(image_feat, text_feat, temp, batch.get("idx"))
+            losses["itc"] = itc_loss(image_feat, text_feat, temp, batch.get("idx"), text_group)
         if weights.itm and itm:
             group = itm_negative_groups(batch.get("idx"), idx_to_group_img, weights.itm_negatives)
-            losses["itm"] = self.itm_loss(image_embeds, image_atts, image_feat,
-                                           text_embeds, text_atts, text_feat, temp, group)
+            losses.update(self.itm_losses(image_embeds, image_atts, image_feat,
+                                          text_embeds, text_atts, text_feat, temp, group,
+                                          text_group=text_group))
         if weights.mlm and "masked_ids" in batch:
             losses["mlm"] = self._mlm_loss(image_embeds, image_atts, batch)
         if (weights.bbox or weights.giou) and "target_bbox" in batch:
             pred = self.predict_bbox(full_embeds, text_embeds, text_atts)
             is_image = None if weights.calc_image_bbox_loss else batch.get("is_image")
             losses["bbox"], losses["giou"] = bbox_losses(pred, batch["target_bbox"], is_image)
-        losses["loss"] = sum(getattr(weights, k) * v for k, v in losses.items())
+        losses["loss"] = sum(getattr(weights, LOSS_WEIGHT.get(k, k)) * v for k, v in losses.items())
         return losses
 
     def text_pair_losses(self, batch: Mapping[str, torch.Tensor], *, itm: bool = True
@@ -317,13 +328,26 @@ class X2VLM(nn.Module):
         return losses
 
     def itm_loss(self, image_embeds, image_atts, image_feat, text_embeds, text_atts, text_feat,
-                 temp, group=None) -> torch.Tensor:
-        """ITM cross-entropy on the positives plus one hard negative per text and per image
-        (sampled from ITC similarity, mixed with uniform draws by
-        ``config.loss.itm_uniform_negatives``; rows sharing ``group`` are never negatives,
-        see :func:`~x2core.model.losses.itm_negative_groups`)."""
+                 temp, group=None, *, text_group=None) -> torch.Tensor:
+        """The matching loss as one scalar: the sum of :meth:`itm_losses`."""
+        return sum(self.itm_losses(image_embeds, image_atts, image_feat, text_embeds, text_atts,
+                                   text_feat, temp, group, text_group=text_group).values())
+
+    def itm_losses(self, image_embeds, image_atts, image_feat, text_embeds, text_atts, text_feat,
+                   temp, group=None, *, text_group=None) -> dict[str, torch.Tensor]:
+        """``{"itm": ...}``: ITM cross-entropy on the positives plus one hard negative per
+        text and per image (sampled from ITC similarity, mixed with uniform draws by
+        ``config.loss.itm_uniform_negatives``; rows sharing ``group`` or ``text_group``
+        are never negatives, see :func:`~x2core.model.losses.itm_negative_groups`).
+        With ``config.loss.itm_listwise_negatives`` k > 0, also ``"itm_rank"``: see
+        :meth:`_itm_loss_listwise`."""
+        k = self.config.loss.itm_listwise_negatives
+        if k:
+            return self._itm_loss_listwise(image_embeds, image_atts, image_feat, text_embeds,
+                                           text_atts, text_feat, temp, group, text_group, k)
         neg_img, neg_txt = sample_hard_negatives(image_feat, text_feat, temp, group,
-                                                 uniform_mix=self.config.loss.itm_uniform_negatives)
+                                                 uniform_mix=self.config.loss.itm_uniform_negatives,
+                                                 text_group=text_group)
         # rows: positives | (text, hard-negative image) | (image, hard-negative text).
         # Always 3B rows, so shapes never depend on the data (no host sync, one compiled
         # graph): a row without a negative (-1) points at row 0 and is ignored by the loss.
@@ -335,7 +359,44 @@ class X2VLM(nn.Module):
                                  text_embeds[txt_rows], text_atts[txt_rows])
         labels = torch.cat([torch.ones_like(rows),
                             torch.where(neg_img >= 0, 0, -100), torch.where(neg_txt >= 0, 0, -100)])
-        return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+        return {"itm": F.cross_entropy(logits.float(), labels, ignore_index=-100)}
+
+    def _itm_loss_listwise(self, image_embeds, image_atts, image_feat, text_embeds, text_atts,
+                           text_feat, temp, group, text_group, k: int) -> dict[str, torch.Tensor]:
+        """The matching loss with ``k`` distinct hard negatives per text and per image
+        (``(1 + 2k) B`` fusion rows):
+
+        * ``itm``: the reference's cross-entropy on the positives and the first negative
+          of each direction, so P(match) keeps its meaning and its constant-prediction
+          level (:func:`~x2core.model.losses.itm_constant_loss`);
+        * ``itm_rank``: a listwise cross-entropy of the match logit (index 1, what the
+          rerank sorts by) over each query's positive and its ``k`` negatives, averaged
+          over the two directions. This trains the head on the task the rerank gives it,
+          ordering a query's near misses (IR's localised contrastive estimation, Gao et
+          al. 2021), instead of judging each pair alone.
+        """
+        neg_img, neg_txt = sample_hard_negatives_k(
+            image_feat, text_feat, temp, k, group, uniform_mix=self.config.loss.itm_uniform_negatives,
+            text_group=text_group)
+        n, k = neg_img.shape
+        rows = torch.arange(n, device=neg_img.device)
+        img_rows = torch.cat([rows, neg_img.t().reshape(-1).clamp(min=0), rows.repeat(k)])
+        txt_rows = torch.cat([rows, rows.repeat(k), neg_txt.t().reshape(-1).clamp(min=0)])
+        logits = self.itm_logits(image_embeds[img_rows], image_atts[img_rows],
+                                 text_embeds[txt_rows], text_atts[txt_rows]).float()
+        first_img, first_txt = neg_img[:, 0], neg_txt[:, 0]
+        pointwise_rows = torch.cat([rows, n + rows, n + n * k + rows])
+        labels = torch.cat([torch.ones_like(rows), torch.where(first_img >= 0, 0, -100),
+                            torch.where(first_txt >= 0, 0, -100)])
+        pointwise = F.cross_entropy(logits[pointwise_rows], labels, ignore_index=-100)
+        match = logits[:, 1]
+        pos = match[:n].unsqueeze(1)
+        listwise = 0.0
+        for j, neg in ((1, neg_img), (1 + k, neg_txt)):
+            scores = match[n * j:n * (j + k)].view(k, n).t().masked_fill(neg < 0, float("-inf"))
+            listwise = listwise + F.cross_entropy(torch.cat([pos, scores], 1),
+                                                  torch.zeros_like(rows)) / 2
+        return {"itm": pointwise, "itm_rank": listwise}
 
     def _mlm_loss(self, image_embeds, image_atts, batch) -> torch.Tensor:
         for key in ("text_ids_masked", "masked_pos"):
