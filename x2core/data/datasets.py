@@ -207,7 +207,8 @@ class ImageTextDataset(StoreRecords):
 
     ``dataset[key]`` with ``key`` an index or ``(epoch, index)`` returns
     ``{"image": (3, R, R) float, "text_ids", "text_atts", [MLM fields], "idx": index,
-    "key": (seed, epoch, index)}`` (text fields as int lists).
+    "text_group": caption_group(record texts), "key": (seed, epoch, index)}`` (text fields
+    as int lists).
     """
 
     def __init__(self, store, text: TextProcessor, *, image_res: int, train: bool = True,
@@ -268,7 +269,9 @@ class RegionTextDataset(StoreRecords):
     ``jpeg_draft``: as in :class:`ImageTextDataset`.
 
     Returns ``{"image": (3, R, R), "rows": [ {text fields, "image_atts": (1+N,) long,
-    "target_bbox": [4 floats], "is_image": 0/1} ], "idx": index, "key": (seed, epoch, index)}``.
+    "target_bbox": [4 floats], "is_image": 0/1, "text_group": int} ], "idx": index,
+    "key": (seed, epoch, index)}``; a row's ``text_group`` is :func:`caption_group` of the
+    captions it was drawn from (the region's, with its attribute, or the record's).
     """
 
     def __init__(self, store, text: TextProcessor, *, image_res: int, patch_size: int,

@@ -114,7 +114,7 @@ class VideoTextDataset(StoreRecords):
     """Video-caption pairs (``video`` or ``frames`` + ``texts`` per record).
 
     ``dataset[key]`` (an index or ``(epoch, index)``) returns ``{"video": (F, 3, R, R),
-    "text_ids", "text_atts", [MLM fields], "idx": index, "key"}``; collate with
+    "text_ids", "text_atts", [MLM fields], "idx": index, "text_group", "key"}``; collate with
     :func:`x2core.data.datasets.collate_image_text` to ``video (B, F, 3, R, R)``.
     ``frame_sampler`` is a sampler name or ``{name: ..., option: value}``
     (:func:`make_frame_sampler`); its errors name the config field ``sampler_field``.
