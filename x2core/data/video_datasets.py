@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from x2core.data.collate import collate_image_text
-from x2core.data.datasets import (StoreRecords, _RecordContext, _choose_caption, caption_group, _encode_text,
-                                  _open_store)
+from x2core.data.datasets import (StoreRecords, _RecordContext, _choose_caption, _encode_text,
+                                  _open_store, caption_group)
 from x2core.data.seeding import sample_rng
 from x2core.errors import ConfigError, did_you_mean
 from x2core.data.text import TextProcessor

@@ -101,7 +101,8 @@ def rerank_itm(model, img_embeds, txt_embeds, txt_atts, query_is_image: bool, ca
 
 def rerank_rule(model) -> str:
     """The model's ``config.rerank``: ``"itm"`` (the reference: the match logit alone) or
-    ``"itm+itc"`` (match logit + ITC logit ``sim / temp``)."""
+    ``"itm+itc"`` (match logit + ITC logit ``sim / temp``). Stand-ins that only offer
+    the encoders and ``itm_logits`` (no ``config``) rank by the reference's rule."""
     return getattr(getattr(model, "config", None), "rerank", "itm")
 
 

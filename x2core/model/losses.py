@@ -132,8 +132,8 @@ def hard_negative_weights(image_feat: torch.Tensor, text_feat: torch.Tensor, tem
 
     ``softmax(sim / temp) + 1e-5`` over the local batch (the reference), with the
     positive pair (and every row sharing its ``idx``, see :func:`itm_negative_groups`,
-    or its ``text_group``, see :func:`itc_loss`) set to zero. ``uniform_mix`` (not in the reference; 0 reproduces it exactly) uses
-    ``(1 - uniform_mix) * softmax(sim / temp) + uniform_mix / B + 1e-5`` instead: that
+    or its ``text_group``, see :func:`itc_loss`) set to zero. ``uniform_mix`` (not in
+    the reference; 0 reproduces it exactly) uses ``(1 - uniform_mix) * softmax(sim / temp) + uniform_mix / B + 1e-5`` instead: that
     share of the negatives is an ordinary in-batch row rather than ITC's nearest one.
 
     Returns:
